@@ -1,0 +1,14 @@
+"""unrolled: sparse recovery by algorithm unrolling.
+
+Classical batched solvers (``nnls``, ``lasso``, ``ml_bp``) and the learned networks made
+by unrolling their steps (``unrolled.nets``). See the README for the list and sources.
+"""
+from .operators import Conv2dOperator, DenseOperator, Operator, as_operator
+from .problems import NNLS, Lasso
+from .solve import Result
+from .solvers import lasso, nnls
+
+__version__ = "0.1.0"
+
+__all__ = ["nnls", "lasso", "Result", "NNLS", "Lasso", "Operator", "DenseOperator", "Conv2dOperator",
+           "as_operator", "__version__"]

@@ -1,0 +1,112 @@
+"""NNLS steps: projected gradient (PGD), accelerated PGD (APGD), over-parametrized GD (OGD).
+
+Each method keeps the analytic parameters computed from the operator; ``state`` holds
+per-problem tensors only (leading dimension = batch), so the solver may drop rows.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..problems import NNLS
+from ._common import GradientStep, fista_momentum
+
+
+class PGD:
+    """x_{k+1} = ReLU((I − αAᵀA) x_k + αAᵀy) = ReLU(W x_k + S y)   (xie2019 eq. 1.4).
+
+    With α = 1/L, L = ‖A‖₂², the objective never increases (a test).
+    """
+
+    name = "pgd"
+
+    def __init__(self, problem: NNLS, step: float | None = None):
+        self.problem = problem
+        self.alpha = 1.0 / problem.op.lipschitz if step is None else float(step)
+        self.grad_step = GradientStep(problem.op, self.alpha)
+
+    def init(self, Y, X0):
+        x = torch.zeros(Y.shape[0], self.problem.op.n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
+        return {"x": x.clamp_(min=0), "b": self.grad_step.offset(Y)}
+
+    def step(self, state, k):
+        state["x"] = self.grad_step(state["x"], state["b"]).clamp_(min=0)
+
+
+class APGD(PGD):
+    """Accelerated PGD (xie2019 eq. 1.5–1.6):
+
+        x_{k+1} = ReLU(z_k − α∇f(z_k)),   z_{k+1} = x_{k+1} + γ (x_{k+1} − x_k),
+
+    i.e. x_{k+1} = ReLU(W₁x_k + W₂x_{k−1} + Sy) with W₁ = (1+γ)(I − αAᵀA), W₂ = −γ(I − αAᵀA).
+    ``momentum="constant"`` uses the paper's fixed γ (0.9); ``"nesterov"`` the FISTA
+    schedule γ_k = (t_k − 1)/t_{k+1}, with ``restart=True`` resetting t when the objective
+    would rise (O'Donoghue & Candès' gradient test).
+    """
+
+    name = "apgd"
+
+    def __init__(self, problem, step=None, gamma: float = 0.9, momentum: str = "constant", restart: bool = False):
+        super().__init__(problem, step)
+        if momentum not in ("constant", "nesterov"):
+            raise ValueError(f"unknown momentum {momentum!r}; choose 'constant' or 'nesterov'")
+        if not 0 <= gamma < 1:
+            raise ValueError(f"gamma must be in [0, 1), got {gamma!r}")
+        self.gamma, self.momentum, self.restart = float(gamma), momentum, bool(restart)
+
+    def init(self, Y, X0):
+        state = super().init(Y, X0)
+        state["x_prev"] = state["x"].clone()
+        state["t"] = torch.ones(Y.shape[0], 1, dtype=Y.dtype, device=Y.device)
+        return state
+
+    def step(self, state, k):
+        x, x_prev, t = state["x"], state["x_prev"], state["t"]
+        if self.momentum == "constant":
+            z = x + self.gamma * (x - x_prev)
+        else:
+            t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+            z = x + ((t - 1) / t_next) * (x - x_prev)
+            state["t"] = t_next
+        x_new = self.grad_step(z, state["b"]).clamp_(min=0)
+        if self.restart:
+            # restart where the step goes against the momentum: (z − x⁺)ᵀ(x⁺ − x) > 0
+            bad = ((z - x_new) * (x_new - x)).sum(1, keepdim=True) > 0
+            state["t"] = torch.where(bad, torch.ones_like(t), state["t"])
+        state["x_prev"], state["x"] = x, x_new
+
+
+class OGD:
+    """Over-parametrized gradient descent (sen2024 eq. 2–3, after Chou, Maly & Verdun):
+
+        s_{k+1} = s_k − η_k [Aᵀ(A s_k^{⊙P} − y)] ⊙ s_k^{⊙(P−1)},   x = s^{⊙P} ≥ 0,
+
+    from the identical initialisation s₀ = c·1. The step η_k = κ / (P L ‖s_k‖∞^{2P−2})
+    keeps the induced step on x = s^P below 1/L (κ ≤ 1), so the objective decreases.
+    """
+
+    name = "ogd"
+
+    def __init__(self, problem: NNLS, power: int = 2, step: float = 1.0, init_scale: float = 1e-3):
+        if int(power) != power or power < 2:
+            raise ValueError(f"power must be an integer >= 2, got {power!r}")
+        self.problem, self.P, self.kappa, self.init_scale = problem, int(power), float(step), float(init_scale)
+        self.L = problem.op.lipschitz
+
+    def init(self, Y, X0):
+        op = self.problem.op
+        if X0 is None:
+            # x₀ = c·1 with c a small fraction of the first PGD step's size ‖Aᵀy‖∞/L
+            c = self.init_scale * op.adjoint(Y).abs().amax(1, keepdim=True) / self.L
+            x0 = c.clamp_min(torch.finfo(Y.dtype).tiny).expand(Y.shape[0], op.n)
+        else:
+            x0 = X0.clamp(min=0)
+        s = x0.pow(1.0 / self.P).clone()
+        return {"s": s, "x": s.pow(self.P), "aty": op.adjoint(Y)}
+
+    def step(self, state, k):
+        s, op, P = state["s"], self.problem.op, self.P
+        grad = op.normal(state["x"]) - state["aty"]
+        sp = s.pow(P - 2) if P > 2 else torch.ones_like(s)
+        eta = self.kappa / (P * self.L * (s.abs().amax(1, keepdim=True) ** (2 * P - 2)).clamp_min(1e-300))
+        s = s - eta * grad * sp * s
+        state["s"], state["x"] = s, s.pow(P)

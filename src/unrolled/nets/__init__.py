@@ -1,0 +1,8 @@
+"""Unrolled networks: each layer is one solver step with its parameters made trainable.
+
+Every class registers itself in ``NETS`` (by class name) so that ``unrolled.load`` can
+rebuild it from a saved file.
+"""
+from .base import NETS, UnrolledNet, load
+
+__all__ = ["NETS", "UnrolledNet", "load"]
