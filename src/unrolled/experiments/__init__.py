@@ -1,0 +1,77 @@
+"""The papers' experiments, one module per paper, run by ``unrolled reproduce NAME``.
+
+An experiment is a function ``run(quick: bool, out: Path, seed: int) -> dict`` registered
+with ``@experiment("name", paper=..., what=...)``. It writes ``results.json`` and PNG
+figures into ``out`` (through :func:`finish`) and returns the results dict, whose
+``"table"`` (a list of rows, first row the header) is printed.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+import time
+
+EXPERIMENTS: dict[str, dict] = {}
+MODULES = ["xie2019", "sen2024", "sulam2018", "moreau"]
+
+
+def experiment(name: str, *, paper: str, what: str):
+    def register(fn):
+        EXPERIMENTS[name] = {"run": fn, "paper": paper, "what": what}
+        return fn
+    return register
+
+
+def _load_all() -> None:
+    for mod in MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{mod}":
+                raise
+
+
+def available() -> dict[str, dict]:
+    _load_all()
+    return dict(sorted(EXPERIMENTS.items()))
+
+
+def format_table(rows) -> str:
+    rows = [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def finish(out: Path, name: str, results: dict, figures: dict | None = None, *, started: float) -> dict:
+    """Save figures (name → matplotlib Figure) as PNG and results as JSON; return results."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"experiment": name, **results, "seconds": round(time.perf_counter() - started, 2)}
+    saved = []
+    for fname, fig in (figures or {}).items():
+        path = out / f"{fname}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        saved.append(path.name)
+    results["figures"] = saved
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    return results
+
+
+def reproduce(name: str, *, quick: bool = False, out=None, seed: int = 0) -> dict:
+    """Run experiment ``name``; print its table and the time; return its results."""
+    exps = available()
+    if name not in exps:
+        raise ValueError(f"unknown experiment {name!r}; available: {', '.join(exps)}")
+    out = Path(out) if out is not None else Path("results") / name
+    results = exps[name]["run"](quick=quick, out=out, seed=seed)
+    if results.get("table"):
+        print(format_table(results["table"]))
+    print(f"[{name}] {'quick' if quick else 'full'} run in {results.get('seconds', 0):.1f} s; results in {out}")
+    return results
