@@ -82,14 +82,20 @@ class OGD:
 
     from the identical initialisation s₀ = c·1. The step η_k = κ / (P L ‖s_k‖∞^{2P−2})
     keeps the induced step on x = s^P below 1/L (κ ≤ 1), so the objective decreases.
+    ``eta`` (a float) replaces it by the fixed step η_k = eta of sen2024 eq. 3, the one
+    a LOGD layer holds as a parameter (``nets.LOGD`` with analytic init).
     """
 
     name = "ogd"
 
-    def __init__(self, problem: NNLS, power: int = 2, step: float = 1.0, init_scale: float = 1e-3):
+    def __init__(self, problem: NNLS, power: int = 2, step: float = 1.0, init_scale: float = 1e-3,
+                 eta: float | None = None):
         if int(power) != power or power < 2:
             raise ValueError(f"power must be an integer >= 2, got {power!r}")
+        if eta is not None and not float(eta) > 0:
+            raise ValueError(f"eta must be a positive number, got {eta!r}")
         self.problem, self.P, self.kappa, self.init_scale = problem, int(power), float(step), float(init_scale)
+        self.eta = None if eta is None else float(eta)
         self.L = problem.op.lipschitz
 
     def init(self, Y, X0):
@@ -107,6 +113,9 @@ class OGD:
         s, op, P = state["s"], self.problem.op, self.P
         grad = op.normal(state["x"]) - state["aty"]
         sp = s.pow(P - 2) if P > 2 else torch.ones_like(s)
-        eta = self.kappa / (P * self.L * (s.abs().amax(1, keepdim=True) ** (2 * P - 2)).clamp_min(1e-300))
+        if self.eta is not None:
+            eta = self.eta
+        else:
+            eta = self.kappa / (P * self.L * (s.abs().amax(1, keepdim=True) ** (2 * P - 2)).clamp_min(1e-300))
         s = s - eta * grad * sp * s
         state["s"], state["x"] = s, s.pow(P)

@@ -4,5 +4,6 @@ Every class registers itself in ``NETS`` (by class name) so that ``unrolled.load
 rebuild it from a saved file.
 """
 from .base import NETS, UnrolledNet, load
+from .nnls import LAPGD, LOGD, LPGD, UPGDM, Vanilla
 
-__all__ = ["NETS", "UnrolledNet", "load"]
+__all__ = ["NETS", "UnrolledNet", "load", "LPGD", "LAPGD", "Vanilla", "UPGDM", "LOGD"]

@@ -1,0 +1,76 @@
+"""Synthetic NNLS data with known ground truth, as in xie2019 §3.1 and sen2024 §IV-A.
+
+Each generator returns ``(A, Y, X)`` NumPy arrays with signals as rows: ``X`` (N, n) the
+non-negative ground truth, ``Y = X Aᵀ`` (N, m) the noiseless measurements. Pass the ``A``
+of a training set to draw a test set for the same operator. Seeded: the same ``seed``
+gives the same arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validate import nonnegative_float, positive_int
+
+
+def _operator(A, m, n, draw, name="A"):
+    if A is None:
+        return draw()
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix, got shape {A.shape}")
+    if not np.isfinite(A).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return A
+
+
+def sparse_nonnegative(n_samples: int, *, m: int = 10, n: int = 20, sparsities=(1, 2, 3), high: float = 100.0,
+                       A=None, seed: int = 0, dtype=np.float64):
+    """xie2019 §3.1: s ~ U{sparsities}, support uniform, values i.i.d. U[0, high]; A i.i.d. U[0, 1].
+
+    Defaults are the paper's (A ∈ R^{10×20}, s ∈ {1, 2, 3}, values U[0, 100]).
+    Returns ``(A, Y, X)`` with ``Y = X Aᵀ``.
+    """
+    n_samples = positive_int(n_samples, "n_samples")
+    m, n = positive_int(m, "m"), positive_int(n, "n")
+    high = nonnegative_float(high, "high", strict=True)
+    sparsities = [positive_int(int(s), "sparsities") for s in np.atleast_1d(sparsities)]
+    if max(sparsities) > n:
+        raise ValueError(f"sparsities must be <= n={n}, got {sparsities}")
+    rng = np.random.default_rng(seed)
+    A = _operator(A, m, n, lambda: rng.uniform(0.0, 1.0, size=(m, n)))
+    m, n = A.shape
+    s = rng.choice(sparsities, size=n_samples)
+    # support: the first s entries of a random permutation of each row
+    ranks = np.argsort(rng.random((n_samples, n)), axis=1)
+    mask = np.zeros((n_samples, n), dtype=bool)
+    np.put_along_axis(mask, ranks, np.arange(n)[None, :] < s[:, None], axis=1)
+    X = np.where(mask, rng.uniform(0.0, high, size=(n_samples, n)), 0.0)
+    Y = X @ A.T
+    return A.astype(dtype), Y.astype(dtype), X.astype(dtype)
+
+
+def gaussian_nonnegative(n_samples: int, *, m: int = 400, n: int = 1200, density: float = 0.5, A=None,
+                         seed: int = 0, dtype=np.float64):
+    """sen2024 §IV-A: F ∈ R^{m×n} i.i.d. N(0, 1) (400 × 1200), x = F s with s ≥ 0.
+
+    The paper's signals are "non-negative vectors with 0 mean and 1 variance", which no
+    non-negative vector can be; we read it as N(0, 1) entries projected on the orthant,
+    s = ReLU(z), z ~ N(0, 1) (so half the entries are zero: ``density=0.5``). Another
+    ``density`` keeps each entry with that probability and draws |z| for it.
+    Returns ``(F, X_meas, S)`` as ``(A, Y, X)`` with ``Y = X Aᵀ``.
+    """
+    n_samples = positive_int(n_samples, "n_samples")
+    m, n = positive_int(m, "m"), positive_int(n, "n")
+    density = nonnegative_float(density, "density", strict=True)
+    if density > 1:
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    rng = np.random.default_rng(seed)
+    A = _operator(A, m, n, lambda: rng.standard_normal((m, n)))
+    m, n = A.shape
+    Z = np.abs(rng.standard_normal((n_samples, n)))
+    X = np.where(rng.random((n_samples, n)) < density, Z, 0.0)
+    Y = X @ A.T
+    return A.astype(dtype), Y.astype(dtype), X.astype(dtype)
+
+
+__all__ = ["sparse_nonnegative", "gaussian_nonnegative"]
