@@ -69,8 +69,10 @@ def iterate(method, problem, Y: torch.Tensor, X0: torch.Tensor | None, *, tol: f
     with torch.no_grad():
         for k in range(1, max_iter + 1):
             method.step(state, k)
-            if k % check_every and k != max_iter:
-                continue
+            # a method may mark rows it has finished (exact methods: active-set)
+            fin = state.get("finished")
+            if k % check_every and k != max_iter and not (fin is not None and 2 * int(fin.sum()) >= len(fin)):
+                continue  # (rows a method has finished are dropped once they are half the batch)
             x, y = state["x"], state["y"]
             c = certify(state)
             obj[active] = problem.objective(x, y)
@@ -82,12 +84,13 @@ def iterate(method, problem, Y: torch.Tensor, X0: torch.Tensor | None, *, tol: f
             bar.update(k - bar.n)
             bar.set_postfix(active=len(active), worst=f"{float(c.max()):.2e}")
             done = c <= tol
-            if bool(done.any()):
-                rows = active[done]
-                x_out[rows] = x[done]
+            stop = done if fin is None else done | fin
+            if bool(stop.any()):
+                rows = active[stop]
+                x_out[rows] = x[stop]
                 n_iter[rows.cpu()] = k
-                converged[rows.cpu()] = True
-                keep = (~done).nonzero().squeeze(1)
+                converged[active[done].cpu()] = True
+                keep = (~stop).nonzero().squeeze(1)
                 state = _take(state, keep, len(active))
                 active = active[keep]
                 if len(active) == 0:

@@ -10,11 +10,12 @@ import torch
 from ._validate import as_batch, choice, nonnegative_float
 from .algorithms.lasso import FISTA, ISTA, OISTA
 from .algorithms.nnls import APGD, OGD, PGD
+from .algorithms.active_set import ActiveSet
 from .operators import as_operator
 from .problems import NNLS, Lasso
 from .solve import Result, iterate
 
-NNLS_METHODS = {"pgd": PGD, "apgd": APGD, "ogd": OGD}
+NNLS_METHODS = {"pgd": PGD, "apgd": APGD, "ogd": OGD, "active-set": ActiveSet}
 LASSO_METHODS = {"ista": ISTA, "fista": FISTA, "oista": OISTA}
 
 
@@ -44,12 +45,7 @@ def nnls(A, Y, method: str = "apgd", *, tol: float = 1e-6, max_iter: int = 10_00
     ``power=2``) or ``"active-set"`` (Lawson–Hanson, exact).
     Stops when the relative KKT residual (``NNLS.certificate``) is ≤ ``tol``.
     """
-    methods = dict(NNLS_METHODS)
-    try:
-        from .algorithms.active_set import ActiveSet
-        methods["active-set"] = ActiveSet
-    except ImportError:  # pragma: no cover
-        pass
+    methods = NNLS_METHODS
     choice(method, "method", methods)
     op, Y_t, X0, kind = _setup(A, Y, x0, nonnegative_x0=True)
     problem = NNLS(op)
