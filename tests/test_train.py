@@ -1,0 +1,145 @@
+"""ur.train: losses, validation/best keeping, divergence guard, atomic checkpoints and resume."""
+import numpy as np
+import pytest
+import torch
+
+import unrolled as ur
+from unrolled.nets.base import UnrolledNet
+from unrolled.problems import NNLS, Lasso
+
+
+class StepNet(UnrolledNet):
+    """A test double: `depth` PGD layers with one learnable step size each."""
+
+    def __init__(self, A, depth=3, lam=None):
+        op = ur.as_operator(A)
+        problem = Lasso(op, lam) if lam is not None else NNLS(op)
+        super().__init__(A, depth, problem, lam=lam)
+        self.steps = torch.nn.Parameter(torch.full((depth,), 0.5 / op.lipschitz, dtype=op.dtype))
+
+    def iterates(self, Y, depth):
+        A = self.operator
+        x = Y.new_zeros(Y.shape[0], A.shape[1])
+        for k in range(depth):
+            x = torch.relu(x - self.steps[k] * ((x @ A.T - Y) @ A))
+            yield x
+
+
+def _data(seed=0, n_train=256):
+    rng = np.random.default_rng(seed)
+    A = rng.uniform(0, 1, (10, 20))
+    X = np.zeros((n_train, 20))
+    for i in range(n_train):
+        X[i, rng.choice(20, 2, replace=False)] = rng.uniform(0, 1, 2)
+    return A, X @ A.T, X
+
+
+def test_supervised_training_lowers_loss_and_keeps_best():
+    A, Y, X = _data()
+    net = StepNet(A).double()
+    with torch.no_grad():
+        before = float(((net(torch.tensor(Y)) - torch.tensor(X)) ** 2).sum(1).mean())
+    hist = ur.train(net, Y, X, epochs=15, lr=1e-3, batch_size=64, val=(Y[:64], X[:64]), progress=False)
+    with torch.no_grad():
+        after = float(((net(torch.tensor(Y[:64])) - torch.tensor(X[:64])) ** 2).sum(1).mean())
+    assert len(hist.train_loss) == 15 and hist.best_epoch >= 0
+    assert after < before
+    assert after == pytest.approx(hist.best_loss, rel=1e-9)
+
+
+def test_unsupervised_loss_is_the_objective():
+    A, Y, _ = _data()
+    net = StepNet(A, lam=0.01).double()
+    with torch.no_grad():
+        f0 = float(net.problem.objective(net(torch.tensor(Y)), torch.tensor(Y)).mean())
+    hist = ur.train(net, Y, loss="unsupervised", epochs=10, lr=1e-3, progress=False)
+    assert hist.train_loss[-1] < f0
+
+
+def test_semi_supervised_targets_are_lasso_solutions():
+    A, Y, _ = _data(n_train=32)
+    net = StepNet(A, lam=0.05).double()
+    Z = ur.train.__globals__["lasso_targets"](net, torch.tensor(Y))
+    ref = ur.lasso(A, Y, 0.05, "fista", tol=1e-12, max_iter=200000)
+    np.testing.assert_allclose(Z.numpy(), ref.x, atol=1e-6)
+    hist = ur.train(net, Y, loss="semi-supervised", epochs=3, progress=False)
+    assert np.isfinite(hist.train_loss).all()
+
+
+class FragileNet(StepNet):
+    """Its output turns NaN as soon as a step exceeds 2/L (sqrt of a negative number)."""
+
+    def iterates(self, Y, depth):
+        L = float(torch.linalg.matrix_norm(self.operator, 2)) ** 2
+        for x in super().iterates(Y, depth):
+            yield x * torch.sqrt(2 / L - self.steps).prod()
+
+
+def test_nan_guard_backs_off_instead_of_wrecking_weights():
+    A, Y, X = _data()
+    net = FragileNet(A).double()
+    hist = ur.train(net, Y, X, epochs=3, lr=0.2, clip=None, schedule="none", progress=False)  # too large a rate
+    assert hist.backoffs >= 1
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert np.isfinite(hist.train_loss).all()
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    A, Y, X = _data()
+    ref = StepNet(A).double()
+    ur.train(ref, Y, X, epochs=6, lr=1e-3, batch_size=64, progress=False)
+
+    ckpt = tmp_path / "run.ckpt"
+    net = StepNet(A).double()
+    ur.train(net, Y, X, epochs=6, lr=1e-3, batch_size=64, progress=False, checkpoint=ckpt)
+    # simulate a kill after epoch 3: a fresh run resumes from a checkpoint written at epoch 3
+    part = StepNet(A).double()
+    ckpt3 = tmp_path / "part.ckpt"
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+    orig = StepNet.iterates
+
+    def flaky(self, Y_, depth):
+        calls["n"] += 1
+        if calls["n"] > 3 * 4 + 1:  # 4 batches per epoch: die inside epoch 4
+            raise Stop
+        yield from orig(self, Y_, depth)
+
+    StepNet.iterates = flaky
+    try:
+        with pytest.raises(Stop):
+            ur.train(part, Y, X, epochs=6, lr=1e-3, batch_size=64, progress=False, checkpoint=ckpt3)
+    finally:
+        StepNet.iterates = orig
+    resumed = StepNet(A).double()
+    hist = ur.train(resumed, Y, X, epochs=6, lr=1e-3, batch_size=64, progress=False, checkpoint=ckpt3)
+    assert hist.resumed_from == 3
+    torch.testing.assert_close(resumed.steps, ref.steps, rtol=0, atol=1e-12)
+    torch.testing.assert_close(net.steps, ref.steps, rtol=0, atol=1e-12)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    A, Y, X = _data()
+    ckpt = tmp_path / "run.ckpt"
+    ur.train(StepNet(A).double(), Y, X, epochs=1, progress=False, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="another model"):
+        ur.train(StepNet(A, depth=2).double(), Y, X, epochs=1, progress=False, checkpoint=ckpt)
+
+
+def test_bad_arguments_are_named():
+    A, Y, X = _data()
+    net = StepNet(A).double()
+    with pytest.raises(ValueError, match="loss"):
+        ur.train(net, Y, X, loss="magic", progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        ur.train(net, Y, X, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="X is required"):
+        ur.train(net, Y, progress=False)
+    with pytest.raises(ValueError, match="entries per signal|Y"):
+        ur.train(net, Y[:, :5], X, progress=False)
+    with pytest.raises(ValueError, match="NaN"):
+        Yb = Y.copy(); Yb[0, 0] = np.nan
+        ur.train(net, Yb, X, progress=False)
