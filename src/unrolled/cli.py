@@ -29,31 +29,38 @@ def _load_array(path: str, key: str | None = None, what: str = "array") -> np.nd
     raise SystemExit(f"error: {what} must be a .npy or .npz file, got {p}")
 
 
-def _operator_from(cfg: dict, seed: int) -> np.ndarray:
+def _operator_from(cfg: dict, seed: int):
+    """The operator of ``[operator]``: ``file`` (.npy/.npz) or ``kind`` with m, n; None if absent."""
     from .data import make_operator
     if "file" in cfg:
         return _load_array(cfg["file"], cfg.get("key"), "operator")
-    if "generator" in cfg:
-        return make_operator(cfg["generator"], cfg["m"], cfg["n"], seed=cfg.get("seed", seed))
-    raise SystemExit("error: [operator] needs `file = \"A.npy\"` or `generator = ...` with m and n")
+    if "kind" in cfg:
+        return make_operator(cfg["kind"], cfg["m"], cfg["n"], seed=cfg.get("seed", seed))
+    if cfg:
+        raise SystemExit("error: [operator] needs `file = \"A.npy\"` or `kind = \"uniform\"|\"gaussian\"|\"sphere\"` with m, n")
+    return None
 
 
-def _data_from(cfg: dict, A: np.ndarray, seed: int):
-    """(Y, X, Y_val, X_val) from files or a named generator."""
+def _data_from(cfg: dict, A, seed: int):
+    """(A, Y, X, Y_val, X_val) from an .npz file (Y and optionally X) or a named generator."""
     from .data import GENERATORS
-    if "file" in cfg:  # an .npz with Y (batch, m) and, for supervised training, X (batch, n)
+    if "file" in cfg:
+        if A is None:
+            raise SystemExit("error: data from a file needs an [operator]")
         Y = _load_array(cfg["file"], "Y", "data")
         with np.load(cfg["file"]) as z:
             X = z["X"] if "X" in z else None
         n_val = int(cfg.get("n_val", max(1, len(Y) // 10)))
-        return Y[n_val:], (X[n_val:] if X is not None else None), Y[:n_val], (X[:n_val] if X is not None else None)
-    name = cfg.get("generator")
-    if name not in GENERATORS:
-        raise SystemExit(f"error: [data] generator {name!r} unknown; available: {', '.join(sorted(GENERATORS))}")
-    params = {k: v for k, v in cfg.items() if k not in ("generator", "n_train", "n_val")}
-    n_train, n_val = int(cfg.get("n_train", 1000)), int(cfg.get("n_val", 200))
-    Y, X = GENERATORS[name](A, n_train + n_val, seed=seed, **params)
-    return Y[n_val:], (X[n_val:] if X is not None else None), Y[:n_val], (X[:n_val] if X is not None else None)
+    else:
+        name = cfg.get("generator")
+        if name not in GENERATORS:
+            raise SystemExit(f"error: [data] generator {name!r} unknown; available: {', '.join(sorted(GENERATORS))}")
+        params = {k: v for k, v in cfg.items() if k not in ("generator", "n_train", "n_val")}
+        n_val = int(cfg.get("n_val", 200))
+        A, Y, X = GENERATORS[name](int(cfg.get("n_train", 1000)) + n_val, A=A, seed=seed, **params)
+    split = (lambda Z: (Z[n_val:], Z[:n_val]) if Z is not None else (None, None))
+    (Y, Yv), (X, Xv) = split(Y), split(X)
+    return A, Y, X, Yv, Xv
 
 
 def cmd_train(args) -> int:
@@ -71,8 +78,8 @@ def cmd_train(args) -> int:
     (out / "config.toml").write_text(cfg_path.read_text())
     torch.manual_seed(seed)
     A = _operator_from(cfg.get("operator", {}), seed)
+    A, Y, X, Yv, Xv = _data_from(cfg.get("data", {}), A, seed + 1)
     np.save(out / "operator.npy", A)
-    Y, X, Yv, Xv = _data_from(cfg.get("data", {}), A, seed + 1)
     model = dict(cfg.get("model", {}))
     name = model.pop("name", None)
     if name not in NETS:

@@ -1,17 +1,18 @@
 """Data: operators and signals with known ground truth, and loaders for real data given a path.
 
 ``make_operator(kind, m, n, seed)`` draws the papers' sensing matrices; ``GENERATORS`` maps a
-name to ``fn(A, n_samples, seed=..., **params) -> (Y, X)`` (X may be None), which is what
-``unrolled train CONFIG.toml`` uses for ``[data] generator = NAME``.
+name to ``fn(n_samples, *, A=None, seed=0, **params) -> (A, Y, X)`` (A drawn when None), which
+is what ``unrolled train CONFIG.toml`` uses for ``[data] generator = NAME``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .._validate import choice, positive_int
+from .generators import gaussian_nonnegative, sparse_nonnegative
 
 OPERATORS = ("uniform", "gaussian", "sphere")
-GENERATORS: dict = {}
+GENERATORS: dict = {"xie2019": sparse_nonnegative, "sen2024": gaussian_nonnegative}
 
 
 def make_operator(kind: str, m: int, n: int, seed: int = 0) -> np.ndarray:
@@ -26,8 +27,4 @@ def make_operator(kind: str, m: int, n: int, seed: int = 0) -> np.ndarray:
     return A / np.linalg.norm(A, axis=0, keepdims=True) if kind == "sphere" else A
 
 
-def register_generator(name: str):
-    def deco(fn):
-        GENERATORS[name] = fn
-        return fn
-    return deco
+__all__ = ["make_operator", "GENERATORS", "sparse_nonnegative", "gaussian_nonnegative"]
