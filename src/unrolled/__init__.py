@@ -7,7 +7,7 @@ from .operators import Conv2dOperator, DenseOperator, Operator, as_operator
 from .problems import NNLS, Lasso
 from .solve import Result
 from .solvers import lasso, nnls
-from . import nets
+from . import data, nets
 from .nets import load
 from .train import TrainHistory, train
 

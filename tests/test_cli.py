@@ -1,0 +1,84 @@
+"""The `unrolled` command: train from TOML, solve with a model or a method, refuse a foreign operator."""
+import json
+
+import numpy as np
+import pytest
+
+import unrolled as ur
+from unrolled.cli import main
+
+CONFIG = """
+seed = 0
+[data]
+generator = "xie2019"
+n_train = 400
+n_val = 100
+[model]
+name = "LPGD"
+depth = 2
+dtype = "float64"
+[train]
+epochs = 3
+batch_size = 100
+lr = 1e-3
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "run.toml").write_text(CONFIG)
+    assert main(["train", str(root / "run.toml"), "--out", str(root / "run"), "--quiet"]) == 0
+    return root
+
+
+def test_train_writes_model_config_history_and_checkpoint(trained):
+    run = trained / "run"
+    for name in ("model.safetensors", "checkpoint.safetensors", "config.toml", "history.json", "operator.npy"):
+        assert (run / name).is_file(), name
+    hist = json.loads((run / "history.json").read_text())
+    assert len(hist["train_loss"]) == 3
+    # rerunning resumes from the finished checkpoint instead of training again
+    assert main(["train", str(trained / "run.toml"), "--out", str(run), "--quiet"]) == 0
+    assert json.loads((run / "history.json").read_text())["resumed_from"] == 3
+
+
+def test_solve_with_model_matches_the_loaded_net(trained):
+    run = trained / "run"
+    A = np.load(run / "operator.npy")
+    _, Y, _ = ur.data.sparse_nonnegative(20, A=A, seed=3)
+    np.save(trained / "Y.npy", Y)
+    out = trained / "X.npy"
+    assert main(["solve", "--model", str(run / "model.safetensors"), "--operator", str(run / "operator.npy"),
+                 "--input", str(trained / "Y.npy"), "--output", str(out)]) == 0
+    net = ur.load(run / "model.safetensors")
+    np.testing.assert_array_equal(np.load(out), net(Y))
+    assert json.loads(out.with_suffix(".json").read_text())["net"] == "LPGD"
+
+
+def test_solve_refuses_a_foreign_operator(trained, capsys):
+    np.save(trained / "B.npy", np.random.default_rng(12345).uniform(size=(10, 20)))
+    _, Y, _ = ur.data.sparse_nonnegative(5, A=np.load(trained / "run" / "operator.npy"), seed=3)
+    np.save(trained / "Y2.npy", Y)
+    rc = main(["solve", "--model", str(trained / "run" / "model.safetensors"), "--operator", str(trained / "B.npy"),
+               "--input", str(trained / "Y2.npy"), "--output", str(trained / "never.npy")])
+    assert rc == 2 and "trained for operator" in capsys.readouterr().err
+    assert not (trained / "never.npy").exists()
+
+
+def test_solve_with_a_classical_method_matches_the_library(tmp_path):
+    A, Y, _ = ur.data.sparse_nonnegative(10, seed=4)
+    np.save(tmp_path / "A.npy", A)
+    np.savez(tmp_path / "Y.npz", Y=Y)
+    out = tmp_path / "X.npy"
+    assert main(["solve", "--method", "apgd", "--operator", str(tmp_path / "A.npy"), "--input",
+                 str(tmp_path / "Y.npz"), "--output", str(out), "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(out), ur.nnls(A, Y, "apgd").x)
+    with pytest.raises(SystemExit, match="--lam"):
+        main(["solve", "--method", "fista", "--operator", str(tmp_path / "A.npy"), "--input",
+              str(tmp_path / "Y.npz"), "--output", str(out)])
+
+
+def test_reproduce_lists_experiments(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    assert "xie-table1" in capsys.readouterr().out
