@@ -33,7 +33,7 @@ def test_lasso_on_cuda_matches_cpu(method):
 @cuda
 def test_nets_train_and_run_on_cuda(tmp_path):
     A, Y, X = ur.data.sparse_nonnegative(600, seed=1)
-    for net in (ur.nets.LPGD(A, depth=3), ur.nets.LAPGD(A, depth=3), ur.nets.LISTA(A, 0.1, depth=3)):
+    for net in (ur.nets.LPGD(A, depth=3), ur.nets.LAPGD(A, depth=3), ur.nets.LISTA(A, depth=3, lam=0.1)):
         cpu_out = net.double()(torch.tensor(Y[:50]))
         net = net.to("cuda")
         gpu_out = net(torch.tensor(Y[:50], device="cuda"))
