@@ -66,3 +66,137 @@ class Lasso:
     def certificate(self, Z, Y):
         """Relative duality gap (P − D)/P: bounds the relative sub-optimality."""
         return self.duality_gap(Z, Y).clamp_min(0) / self.objective(Z, Y).clamp_min(TINY)
+
+
+class MLBP:
+    """Multi-layer basis pursuit (sulam2018 eq. 6; P_ML for L = 2):
+
+        F(γ) = ½‖y − D_(1,L)γ‖² + Σ_{i=1}^{L−1} λ_i ‖D_(i+1,L)γ‖₁ + λ_L‖γ‖₁,
+
+    with D_(i,L) = D_i⋯D_L, D_i of shape (n_{i−1}, n_i), y ∈ R^{n_0}, γ = γ_L ∈ R^{n_L} and
+    γ_i = D_(i+1,L)γ the intermediate representations.
+
+    The problem also owns the steps of the ML-ISTA map T (sulam2018 eq. 5 / Algorithm 2,
+    in the proximal-gradient-mapping form of the TPAMI version, sulam2019 talk "Multi-Layer
+    ISTA"), because its fixed points depend on them. With η_i the step of layer i and
+    μ_i = η_1⋯η_i, z_0 = y and γ̂_i = D_(i+1,L)γ:
+
+        z_i = ST(γ̂_i − η_i D_iᵀ(γ̂_{i−1} − z_{i−1}), μ_i λ_i),   i = 1..L,   T(γ) = z_L.
+
+    For L = 2 this is γ⁺ = ST_{tλ₂}(γ − (t/μ) D₂ᵀ(γ₁ − ST_{μλ₁}(γ₁ − μD₁ᵀ(D₁γ₁ − y)))),
+    μ = μ_1, t = μ_2. Default steps η_i = ``mu_scale``·1/‖D_1‖² for i = 1 and 1/‖D_i‖²
+    otherwise, i.e. μ = mu_scale/‖D₁‖² ∈ (0, 1/‖D₁‖²] and t = μ/‖D₂‖², inside TPAMI's
+    t ∈ (0, 4μ/(3‖D₂‖²)); for more layers each μ_i = μ_{i−1}/‖D_i‖² keeps every nested map
+    averaged. The fixed point of T is *not* exactly the minimiser of F: the inner prox
+    acts as a Moreau-type smoothing of the analysis terms, and TPAMI's theorem bounds the
+    sub-optimality by O(μ) (measured in tests/test_mlbp.py; see :meth:`duality_gap`).
+    """
+
+    name = "ml-bp"
+
+    def __init__(self, ops, lams, *, steps=None, mu_scale: float = 1.0):
+        self.ops = list(ops)
+        self.lams = [float(v) for v in lams]
+        self.L = len(self.ops)
+        if self.L == 0 or len(self.lams) != self.L:
+            raise ValueError(f"need one λ per layer: {self.L} layers, {len(self.lams)} λ")
+        if steps is None:
+            if not 0 < float(mu_scale) <= 1:
+                raise ValueError(f"mu_scale must be in (0, 1], got {mu_scale!r}")
+            etas = [1.0 / max(op.lipschitz, TINY) for op in self.ops]
+            etas[0] *= float(mu_scale)
+        else:
+            etas = [float(s) for s in steps]
+            if len(etas) != self.L or not all(s > 0 and s < float("inf") for s in etas):
+                raise ValueError(f"steps must be {self.L} finite positive numbers, got {steps!r}")
+        self.etas = etas
+        mus, acc = [], 1.0
+        for e in etas:
+            acc *= e
+            mus.append(acc)
+        self.mus = mus  # μ_i = η_1⋯η_i: the threshold of layer i is μ_i λ_i
+
+    # -- helpers ---------------------------------------------------------
+    def chain(self, G):
+        """[γ̂_0 = D_(1,L)γ, γ̂_1, …, γ̂_L = γ]: the representations of every layer."""
+        hats = [G]
+        for op in reversed(self.ops):
+            hats.append(op.forward(hats[-1]))
+        return hats[::-1]
+
+    def objective(self, G, Y):
+        hats = self.chain(G)
+        val = 0.5 * (hats[0] - Y).pow(2).sum(1)
+        for i in range(1, self.L + 1):
+            if self.lams[i - 1] != 0:
+                val = val + self.lams[i - 1] * hats[i].abs().sum(1)
+        return val
+
+    def ml_ista_map(self, G, Y, *, return_duals: bool = False):
+        """T(γ) of the class docstring (one ML-ISTA iteration, sulam2018 Algorithm 2).
+
+        With ``return_duals`` also returns w_i = (v_i − ST(v_i, μ_iλ_i))/μ_i ∈ [−λ_i, λ_i]
+        (i < L), v_i the pre-threshold of layer i: the analysis sub-gradients used by
+        :meth:`duality_gap`.
+        """
+        hats = self.chain(G)
+        z_prev, duals = Y, []
+        for i in range(1, self.L + 1):
+            op, eta, mu, lam = self.ops[i - 1], self.etas[i - 1], self.mus[i - 1], self.lams[i - 1]
+            v = hats[i] - eta * op.adjoint(hats[i - 1] - z_prev)
+            z = soft(v, mu * lam)
+            if return_duals and i < self.L:
+                duals.append((v - z) / mu)
+            z_prev = z
+        return (z_prev, duals) if return_duals else z_prev
+
+    def scale(self, Y):
+        """‖D_(1,L)ᵀy‖∞ per row: the size of the data gradient at γ = 0."""
+        R = Y
+        for op in self.ops:
+            R = op.adjoint(R)
+        return R.abs().amax(1).clamp_min(TINY)
+
+    def certificate(self, G, Y):
+        """Relative fixed-point residual of ML-ISTA: ‖γ − T(γ)‖∞ / (μ_L ‖D_(1,L)ᵀy‖∞).
+
+        (γ − T(γ))/μ_L is the gradient mapping of the nested problem (TPAMI), so this is a
+        gradient-sized quantity relative to the data gradient at 0; it is zero exactly at
+        the fixed point of ML-ISTA / ML-FISTA with these steps (not at the exact minimiser
+        of F, which differs by O(μ); use :meth:`duality_gap` to bound F(γ) − F*).
+        """
+        return (G - self.ml_ista_map(G, Y)).abs().amax(1) / (self.mus[-1] * self.scale(Y))
+
+    def dual_value(self, G, Y, W):
+        """Dual bound of P_ML from ν = y − D_(1,L)γ and analysis duals w_i (|w_i| ≤ λ_i):
+
+            max_{ν, w} yᵀν − ½‖ν‖²  s.t. ‖w_i‖∞ ≤ λ_i, ‖D_(1,L)ᵀν − Σ_i D_(i+1,L)ᵀw_i‖∞ ≤ λ_L
+
+        (Fenchel dual of F). (ν, w) is scaled down by a common factor until feasible.
+        """
+        hats = self.chain(G)
+        nu = Y - hats[0]
+        W = [w.clamp(-lam, lam) for w, lam in zip(W, self.lams[:-1])]
+        # S = D_(1,L)ᵀν − Σ D_(i+1,L)ᵀ w_i, accumulated from the top layer down
+        S = nu
+        for i, op in enumerate(self.ops):
+            S = op.adjoint(S)
+            if i < self.L - 1:
+                S = S - W[i]
+        lam_L = self.lams[-1]
+        s = (S.abs().amax(1) / max(lam_L, TINY)).clamp_min(1.0)
+        nu = nu / s[:, None]
+        return (Y * nu).sum(1) - 0.5 * nu.pow(2).sum(1)
+
+    def duality_gap(self, G, Y, W=None):
+        """F(γ) − D(ν, w) ≥ F(γ) − F*: w from ML-ISTA's inner prox when not given."""
+        if W is None:
+            W = self.ml_ista_map(G, Y, return_duals=True)[1]
+        return self.objective(G, Y) - self.dual_value(G, Y, W)
+
+
+def soft(U, thresh: float):
+    """Soft threshold ST(u, θ) = sign(u) max(|u| − θ, 0)."""
+    if thresh <= 0:
+        return U
+    return torch.nn.functional.softshrink(U, thresh)
