@@ -5,5 +5,7 @@ rebuild it from a saved file.
 """
 from .base import NETS, UnrolledNet, load
 from .nnls import LAPGD, LOGD, LPGD, UPGDM, Vanilla
+from .lista import ALISTA, LISTA, LISTA_CP, SLISTA, LISTAFamily
 
-__all__ = ["NETS", "UnrolledNet", "load", "LPGD", "LAPGD", "Vanilla", "UPGDM", "LOGD"]
+__all__ = ["NETS", "UnrolledNet", "load", "LPGD", "LAPGD", "Vanilla", "UPGDM", "LOGD", "LISTA", "LISTA_CP",
+           "ALISTA", "SLISTA", "LISTAFamily"]
