@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .._validate import choice, nonnegative_float, positive_int
-from ..operators import as_operator
+from ..operators import DenseOperator, as_operator
 from ..problems import Lasso
 from .base import UnrolledNet
 
@@ -157,7 +157,6 @@ class LISTAFamily(UnrolledNet):
         if param == "alista":
             config["gain"] = gain
         super().__init__(A, depth, None, **config)
-        self.problem = Lasso(self.op, lam)
         self.parametrization, self.lam = param, lam
         self.tied, self.nonneg = bool(tied), bool(nonneg)
         self.support_selection = bool(support_selection)
@@ -187,6 +186,21 @@ class LISTAFamily(UnrolledNet):
             self.scales["We"], self.We = mats(eye - s0 * (D.T @ D), 1 if tied else T - 1)
         elif param == "coupled":
             self.scales["W"], self.W = mats(D, n_mats)
+
+    @property
+    def problem(self) -> Lasso:
+        """Lasso(D, λ) on the network's own operator buffer, so it follows ``.to()``/``.double()``."""
+        D = self.operator
+        key = (D.dtype, D.device, D.data_ptr())
+        cache = self.__dict__.get("_problem_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, Lasso(DenseOperator(D.detach()), self.__dict__.get("lam", 0.0)))
+            self.__dict__["_problem_cache"] = cache
+        return cache[1]
+
+    @problem.setter
+    def problem(self, value):   # the base class assigns None; the problem is always derived from D, λ
+        pass
 
     # -- per-layer access ----------------------------------------------------------------------
     def _mat(self, name, t):
