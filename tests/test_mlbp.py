@@ -173,15 +173,15 @@ def test_three_layers_runs_decreases_F_and_matches_admm():
 def test_layered_bp_sequential_and_cascade_agree():
     D1, D2, Y = small(7)
     lams = [0.05, 0.03]
-    seq = ur.ml_bp([D1, D2], Y, lams, method="layered-bp", tol=1e-12, max_iter=50_000)
-    g1 = ur.lasso(D1, Y, lams[0], tol=1e-12, max_iter=50_000).x
-    g2 = ur.lasso(D2, g1, lams[1], tol=1e-12, max_iter=50_000).x
+    seq = ur.ml_bp([D1, D2], Y, lams, method="layered-bp", tol=1e-10, max_iter=50_000)
+    g1 = ur.lasso(D1, Y, lams[0], tol=1e-10, max_iter=50_000).x
+    g2 = ur.lasso(D2, g1, lams[1], tol=1e-10, max_iter=50_000).x
     np.testing.assert_allclose(seq.x, g2, atol=1e-9)
-    assert seq.converged.all() and (seq.history["certificate"][-1] <= 1e-9).all()
+    assert seq.converged.all() and (seq.history["certificate"][-1] <= 1e-10).all()
     prob = MLBP(ops(D1, D2), lams)
-    cas = iterate(LayeredBP(prob), prob, torch.as_tensor(Y), None, tol=1e-11, max_iter=50_000)
+    cas = iterate(LayeredBP(prob), prob, torch.as_tensor(Y), None, tol=1e-9, max_iter=50_000)
     assert cas.converged.all()
-    np.testing.assert_allclose(cas.x.numpy(), seq.x, atol=1e-6)
+    np.testing.assert_allclose(cas.x.numpy(), seq.x, atol=1e-4)
 
 
 # ---------------------------------------------------------------- kinds and dtypes
@@ -258,3 +258,14 @@ def test_mlsc_signals_have_exact_sparsities_and_snr():
         mlsc_signals(D1, D2[:-1], 2)
     with pytest.raises(ValueError, match="n_signals"):
         mlsc_signals(D1, D2, 0)
+
+
+@pytest.mark.slow
+def test_sulam_synthetic_quick_reproduction(tmp_path):
+    from unrolled.experiments import reproduce
+    r = reproduce("sulam-synthetic", quick=True, out=tmp_path, seed=0)
+    assert (tmp_path / "results.json").exists() and (tmp_path / "fig2_convergence.png").exists()
+    s = r["summary"]
+    assert s["best_mlbp"]["err_g2"] < s["best_bp"]["err_g2"]      # ML-BP lowers the error (Fig. 1)
+    m = r["figure2"]["methods"]
+    assert m["ML-FISTA"]["ms_1e-01"] < m["ML-ISTA"]["ms_1e-01"] < m["ADMM (inner FISTA)"]["ms_1e-01"]
