@@ -269,3 +269,14 @@ def test_sulam_synthetic_quick_reproduction(tmp_path):
     assert s["best_mlbp"]["err_g2"] < s["best_bp"]["err_g2"]      # ML-BP lowers the error (Fig. 1)
     m = r["figure2"]["methods"]
     assert m["ML-FISTA"]["ms_1e-01"] < m["ML-ISTA"]["ms_1e-01"] < m["ADMM (inner FISTA)"]["ms_1e-01"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    D1, D2, Y = small(10)
+    for m in METHODS:
+        cpu = ur.ml_bp([D1, D2], torch.as_tensor(Y), [0.05, 0.05], m, tol=1e-9, max_iter=50_000)
+        gpu = ur.ml_bp([torch.as_tensor(D1).cuda(), torch.as_tensor(D2).cuda()], torch.as_tensor(Y).cuda(),
+                       [0.05, 0.05], m, tol=1e-9, max_iter=50_000)
+        assert gpu.x.is_cuda, m
+        torch.testing.assert_close(gpu.x.cpu(), cpu.x, rtol=0, atol=1e-6)

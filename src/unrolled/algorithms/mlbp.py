@@ -12,7 +12,8 @@ What each converges to (measured in tests/test_mlbp.py):
 
 * ``ml-ista`` / ``ml-fista``: the fixed point of the ML-ISTA map T of :class:`MLBP`
   (stop rule: ``MLBP.certificate``, the relative fixed-point residual). That point is
-  within O(μ) of the minimiser of F (TPAMI theorem: F − F* ≤ ηε + (β + κt)μ);
+  within O(μ) of the minimiser of F (TPAMI theorem, sulam2019 talk "Convergence for
+  ML-ISTA": F − F* ≤ ηε + (β + κt)μ);
   ``MLBP.duality_gap`` bounds F − F* from above.
 * ``admm``: the exact minimiser (stop rule: relative duality gap built from ADMM's own
   dual variables, which tends to 0).
@@ -48,7 +49,7 @@ class MLISTA:
         self.problem = problem
 
     def init(self, Y, X0):
-        return {"x": _zeros(self.problem, Y, X0)}
+        return {"x": _zeros(self.problem, Y, X0), "y": Y}
 
     def step(self, state, k):
         state["x"] = self.problem.ml_ista_map(state["x"], state["y"])
@@ -146,7 +147,7 @@ class ADMM:
 
     def init(self, Y, X0):
         g = _zeros(self.problem, Y, X0)
-        state = {"x": g, "aty": Y @ self.P[0], "inner": 0, "rho": self.rho0}
+        state = {"x": g, "y": Y, "aty": Y @ self.P[0], "inner": 0, "rho": self.rho0}
         for i in range(1, self.n_aux + 1):
             z = g @ self.P[i].T
             state[f"z{i}"] = z
@@ -227,7 +228,7 @@ class LayeredBP:
         self.alphas = [1.0 / max(op.lipschitz, TINY) for op in problem.ops]
 
     def init(self, Y, X0):
-        L, state = self.problem.L, {}
+        L, state = self.problem.L, {"y": Y}
         for i, op in enumerate(self.problem.ops, start=1):
             z = torch.zeros(Y.shape[0], op.n, dtype=Y.dtype, device=Y.device)
             if i == L and X0 is not None:
