@@ -80,8 +80,9 @@ class OGD:
 
         s_{k+1} = s_k − η_k [Aᵀ(A s_k^{⊙P} − y)] ⊙ s_k^{⊙(P−1)},   x = s^{⊙P} ≥ 0,
 
-    from the identical initialisation s₀ = c·1. The step η_k = κ / (P L ‖s_k‖∞^{2P−2})
-    keeps the induced step on x = s^P below 1/L (κ ≤ 1), so the objective decreases.
+    from the identical initialisation s₀ = c·1. The step η_k = κ / (P max(L ‖s_k‖∞^{2P−2}, ‖g ⊙ s_k^{P−2}‖∞))
+    keeps the induced step on x = s^P below 1/L (κ ≤ 1) and the factor 1 − η g s^{P−2} in (1/2, 3/2),
+    so s never changes sign (x stays ≥ 0 for odd P too) and small starts grow geometrically.
     ``eta`` (a float) replaces it by the fixed step η_k = eta of sen2024 eq. 3, the one
     a LOGD layer holds as a parameter (``nets.LOGD`` with analytic init).
     """
@@ -116,6 +117,8 @@ class OGD:
         if self.eta is not None:
             eta = self.eta
         else:
-            eta = self.kappa / (P * self.L * (s.abs().amax(1, keepdim=True) ** (2 * P - 2)).clamp_min(1e-300))
+            # also cap the multiplicative factor: |η g s^{P−2}| ≤ κ/P < 1 keeps s > 0 (x = s^P ≥ 0 for odd P)
+            curv = self.L * s.abs().amax(1, keepdim=True) ** (2 * P - 2)
+            eta = self.kappa / (P * torch.maximum(curv, (grad * sp).abs().amax(1, keepdim=True)).clamp_min(1e-300))
         s = s - eta * grad * sp * s
         state["s"], state["x"] = s, s.pow(P)
