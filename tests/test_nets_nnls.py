@@ -83,7 +83,7 @@ def test_upgdm_analytic_is_pgd(xie, tied):
     A, Y, _ = xie
     Yt = torch.as_tensor(Y)
     net = UPGDM(A, K, tied=tied)
-    assert len(net.mu) == K and len(net.W1) == (1 if tied else K)
+    assert len(net.mu) == K and len(net.mu_gain) == K and len(net.W1) == (1 if tied else K)
     assert_iterates_equal(net(Yt, return_all=True), solver_iterates(PGD(problem_of(A)), Yt, K))
 
 

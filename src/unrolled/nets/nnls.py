@@ -218,6 +218,8 @@ class UPGDM(_NNLSNet):
 
     with per-layer W₁ᵏ ≈ AᵀA, W₂ᵏ ≈ Aᵀ, μ_k ≈ 1/‖A‖₂² (``tied=True`` shares W₁, W₂;
     the μ_k stay per layer). Analytic init: layer k = PGD's iterate k.
+    The steps are stored as μ_k = α·g_k with α = ``step`` (default 1/‖A‖₂²) a fixed buffer
+    and the gain g_k (init 1) trained, so that Adam's step is relative to the step's scale.
     """
 
     _inits = ("analytic", "random")
@@ -236,12 +238,18 @@ class UPGDM(_NNLSNet):
             scale = self.op.lipschitz ** 0.5
             self.W1 = self._params(lambda k: self._gauss(n, n) * scale ** 2 / n ** 0.5)
             self.W2 = self._params(lambda k: self._gauss(n, m) * scale)
-        self.mu = nn.ParameterList([nn.Parameter(self._scalar(self.alpha)) for _ in range(depth)])
+        self.register_buffer("step_scale", self._scalar(self.alpha))
+        self.mu_gain = nn.ParameterList([nn.Parameter(self._scalar(1.0)) for _ in range(depth)])
+
+    @property
+    def mu(self) -> list:
+        """The steps μ_k of eq. 5."""
+        return [self.step_scale * g for g in self.mu_gain]
 
     def iterates(self, Y, depth):
         s = Y.new_zeros(Y.shape[0], self.n)
         for k in range(depth):
-            W1, W2, mu = self._at(self.W1, k), self._at(self.W2, k), self.mu[k]
+            W1, W2, mu = self._at(self.W1, k), self._at(self.W2, k), self.step_scale * self.mu_gain[k]
             s = torch.relu(s - mu * _linear(s, W1) + mu * _linear(Y, W2))
             yield s
 
@@ -259,6 +267,8 @@ class LOGD(_NNLSNet):
 
     Analytic init: W₁ = AᵀA, W₂ = Aᵀ, η_l = ``eta`` (default 1/(P‖A‖₂²)): layer l equals
     OGD's iterate l run with ``eta`` as a fixed step and ``x0 = init_value``.
+    The steps are stored as η_l = eta·g_l, eta a fixed buffer and the gain g_l (init 1)
+    trained, so that Adam's step is relative to the step's scale.
     """
 
     _inits = ("analytic", "random")
@@ -281,7 +291,13 @@ class LOGD(_NNLSNet):
             scale = self.op.lipschitz ** 0.5
             self.W1 = self._params(lambda k: self._gauss(n, n) * scale ** 2 / n ** 0.5)
             self.W2 = self._params(lambda k: self._gauss(n, m) * scale)
-        self.eta = nn.ParameterList([nn.Parameter(self._scalar(self.eta0)) for _ in range(depth)])
+        self.register_buffer("step_scale", self._scalar(self.eta0))
+        self.eta_gain = nn.ParameterList([nn.Parameter(self._scalar(1.0)) for _ in range(depth)])
+
+    @property
+    def eta(self) -> list:
+        """The steps η_l of eq. 6."""
+        return [self.step_scale * g for g in self.eta_gain]
 
     def ogd(self) -> OGD:
         """The classical method this net unrolls at its analytic init (run it with ``X0=x0(Y)``)."""
@@ -294,7 +310,7 @@ class LOGD(_NNLSNet):
         P = self.P
         s = self.x0(Y).pow(1.0 / P)
         for k in range(depth):
-            W1, W2, eta = self._at(self.W1, k), self._at(self.W2, k), self.eta[k]
+            W1, W2, eta = self._at(self.W1, k), self._at(self.W2, k), self.step_scale * self.eta_gain[k]
             grad = _linear(s.pow(P), W1) - _linear(Y, W2)
             sp = s.pow(P - 2) if P > 2 else 1.0
             s = s - eta * grad * sp * s
