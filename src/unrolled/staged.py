@@ -18,10 +18,10 @@ from .metrics import nmse_db
 from .train import LOSSES, lasso_targets, train
 
 
-def _layer_params(net, layers) -> list:
+def _layer_params(net, layers, select=None) -> list:
     seen, out = set(), []
     for t in layers:
-        for p in net.layer_parameters(t):
+        for p in (select or net.layer_parameters)(t):
             if id(p) not in seen:
                 seen.add(id(p))
                 out.append(p)
@@ -39,13 +39,14 @@ def _stages(stages, depth):
 
 def train_staged(net, Y, X=None, *, loss: str = "supervised", stages=None, epochs_new: int = 10,
                  epochs_all=(5, 5), lr: float = 1e-3, refine_lrs=(0.2, 0.02), refine: bool = True, val=None,
-                 on_stage=None, progress: bool = False, **train_kw) -> list[dict]:
+                 on_stage=None, progress: bool = False, layer_params=None, **train_kw) -> list[dict]:
     """Train ``net`` stage by stage; stage k trains layers up to depth k (``stages``: the depths,
     default 1, 2, …, depth). The network must provide ``layer_parameters(t)``.
 
     With ``refine`` each stage continues with every layer so far, at ``lr·f`` for f in
     ``refine_lrs`` for ``epochs_all`` epochs each. ``on_stage(k, net)`` is called after each
-    stage; its return value is stored in the record. Returns one record per stage:
+    stage; its return value is stored in the record. ``layer_params(t)`` chooses the trained
+    parameters of layer t (default ``net.layer_parameters``). Returns one record per stage:
     {"depth", "histories", "result"}.
     """
     choice(loss, "loss", LOSSES)
@@ -64,13 +65,13 @@ def train_staged(net, Y, X=None, *, loss: str = "supervised", stages=None, epoch
             val = (val, lasso_targets(net, torch.as_tensor(val).to(net.operator.dtype)))
     records, prev = [], 0
     for k in stages:
-        hists = [train(net, Y_t, X, loss=loss, depth=k, params=_layer_params(net, range(prev, k)),
+        hists = [train(net, Y_t, X, loss=loss, depth=k, params=_layer_params(net, range(prev, k), layer_params),
                        epochs=positive_int(epochs_new, "epochs_new"), lr=lr, val=val, progress=progress,
                        **train_kw)]
         if refine:
             for f, e in zip(refine_lrs, epochs_all):
                 if e:
-                    hists.append(train(net, Y_t, X, loss=loss, depth=k, params=_layer_params(net, range(k)),
+                    hists.append(train(net, Y_t, X, loss=loss, depth=k, params=_layer_params(net, range(k), layer_params),
                                        epochs=e, lr=lr * f, val=val, progress=progress, **train_kw))
         rec = {"depth": k, "histories": [h.to_dict() for h in hists]}
         if on_stage is not None:
