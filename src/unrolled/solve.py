@@ -61,6 +61,7 @@ def iterate(method, problem, Y: torch.Tensor, X0: torch.Tensor | None, *, tol: f
     active = torch.arange(B, device=Y.device)
     # a method may certify itself from its full state (ADMM: its own dual; layered BP: every layer)
     certify = getattr(method, "certificate", None) or (lambda st: problem.certificate(st["x"], st["y"]))
+    sync = getattr(method, "sync", None)
     obj = problem.objective(x_out, Y)
     cert = certify(state)
     hist = {"iteration": [0], "time": [0.0], "objective": [obj.cpu().clone()], "certificate": [cert.cpu().clone()]}
@@ -73,6 +74,8 @@ def iterate(method, problem, Y: torch.Tensor, X0: torch.Tensor | None, *, tol: f
             fin = state.get("finished")
             if k % check_every and k != max_iter and not (fin is not None and 2 * int(fin.sum()) >= len(fin)):
                 continue  # (rows a method has finished are dropped once they are half the batch)
+            if sync is not None:
+                sync(state)  # a method iterating in lower precision refreshes state["x"]
             x, y = state["x"], state["y"]
             c = certify(state)
             obj[active] = problem.objective(x, y)

@@ -44,7 +44,7 @@ class ActiveSet:
                   the solution has many non-zeros). An ``x0`` given to ``ur.nnls`` is
                   used the same way.
       rtol:       LH stops a row when max_{j∉P} w_j ≤ rtol · ‖Aᵀy‖∞
-                  (default 10·max(m, n)·ε of the dtype).
+                  (default 10·max(m, n)·ε of float64).
       refine:     iterative-refinement steps per solve (default 1).
 
     Memory: B·k² numbers for the inverses, k = min(m, n).
@@ -61,19 +61,23 @@ class ActiveSet:
             raise ValueError(f"warm_start must be a non-negative integer, got {warm_start!r}")
         if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
             raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
-        eps = torch.finfo(op.dtype).eps
+        # the linear algebra runs in float64 whatever the input dtype (float32 LH loses
+        # the last columns of a nearly square A_P); x is returned in the input dtype
+        self.dtype = op.dtype
+        A = op.A.to(torch.float64)
+        eps = torch.finfo(torch.float64).eps
         m, n = op.shape
         if rtol is None:
             rtol = 10.0 * max(m, n) * eps
         elif not float(rtol) >= 0:
             raise ValueError(f"rtol must be a non-negative number, got {rtol!r}")
-        self.problem, self.A = problem, op.A
+        self.problem, self.A = problem, A
         self.m, self.n, self.k = m, n, min(m, n)
         self.warm_start, self.rtol, self.refine = int(warm_start), float(rtol), int(refine)
         self.dtol = 1e3 * eps
         # Gram padded with a zero row/column: index n is the "empty slot" column
-        self.G_pad = F.pad(op.gram, (0, 1, 0, 1))
-        self.A_pad = F.pad(op.A, (0, 1))
+        self.G_pad = F.pad(A.T @ A, (0, 1, 0, 1))
+        self.A_pad = F.pad(A, (0, 1))
         self.diag = self.G_pad.diagonal().clone()
         self.use_gram = n < 2 * m
 
@@ -117,16 +121,16 @@ class ActiveSet:
             P[:, n] = False
             state["P"][good] = P
             state["xp"][good] = torch.where(P, F.pad(X0[ok], (0, 1)), torch.zeros_like(P, dtype=X0.dtype))
-            state["x"] = state["xp"][:, :n]
+            state["x"] = state["xp"][:, :n].to(self.dtype)
 
     # -- protocol ---------------------------------------------------------
     def init(self, Y, X0):
         B, n, k = Y.shape[0], self.n, self.k
-        dev, dt = Y.device, Y.dtype
-        aty = F.pad(Y @ self.A, (0, 1))
+        dev, dt = Y.device, torch.float64
+        aty = F.pad(Y.to(dt) @ self.A, (0, 1))
         xp = torch.zeros(B, n + 1, dtype=dt, device=dev)
         state = {
-            "x": xp[:, :n],
+            "x": xp[:, :n].to(self.dtype),
             "xp": xp,
             "aty": aty,
             "thr": self.rtol * aty.abs().amax(1),
@@ -144,7 +148,7 @@ class ActiveSet:
                 apgd.step(st, it)
             X0 = st["x"]
         if X0 is not None:
-            self._load_support(state, X0.clamp(min=0))
+            self._load_support(state, X0.to(dt).clamp(min=0))
         state["blocked"] = state["P"].clone()
         state["blocked"][:, n] = True
         return state
@@ -216,5 +220,5 @@ class ActiveSet:
             blocked[d_idx, j_add[d_idx]] = True
 
         xp = torch.where(feasible.unsqueeze(1), s.clamp_(min=0), torch.where(infeasible.unsqueeze(1), x_in, xp))
-        state["xp"], state["x"] = xp, xp[:, :n]
+        state["xp"], state["x"] = xp, xp[:, :n].to(self.dtype)
         state["finished"] = finished | (feasible & ~want)

@@ -1,0 +1,336 @@
+"""``unrolled bench``: our batched solvers against SciPy / scikit-learn (/ celer), same run.
+
+Three problem sets, each timed on the same problems for every method:
+
+* ``nnls-10x20``    xie2019 §4: A ∈ R^{10×20} i.i.d. U[0, 1]; x with 1–3 non-zeros U[0, 100];
+                    y = Ax. Reference: ``scipy.optimize.nnls`` looped per problem.
+                    Accuracy: max over problems of (f(x) − f(x_ref)) / ½‖y‖² (objective excess).
+* ``nnls-400x1200`` sen2024 §4: F ∈ R^{400×1200} i.i.d. N(0, 1); s = max(N(0, 1), 0); x = Fs.
+                    The solution is not unique (n > 2m): accuracy is the relative residual
+                    max ‖Fs − x‖/‖x‖ (target 1e-4). Reference: SciPy ``nnls`` looped.
+* ``lasso-64x256``  Moreau talk: D ∈ R^{64×256} with columns uniform on the sphere, λ = 0.1,
+                    y = x̃/‖Dᵀx̃‖∞, x̃ ~ N(0, I) (equiregularization set: λ_max = 1).
+                    Accuracy: max relative sub-optimality (F − F*)/F*, F* from our FISTA
+                    polished to a certified relative duality gap ≤ 1e-12. References:
+                    scikit-learn ``Lasso.fit`` looped and multi-target, and celer if installed
+                    (``pip install unrolled[bench]``), each with its duality-gap tolerance set so
+                    that gap ≤ 1e-6·F* per problem (same accuracy as our certificate).
+
+Slow references run on a subset (``ref`` problems); speed-ups compare time per problem.
+The "matmul" column is the fraction of torch's measured matmul rate (same dtype and GEMM
+shapes, measured in the same run) that one batched iteration on the full batch reaches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from .algorithms.active_set import ActiveSet
+from .algorithms.lasso import FISTA
+from .algorithms.nnls import APGD
+from .operators import DenseOperator
+from .problems import NNLS, Lasso
+from .solvers import lasso as ur_lasso
+from .solvers import nnls as ur_nnls
+
+HEADER = ["method", "problems", "seconds", "µs/problem", "accuracy", "speed-up", "matmul"]
+
+
+# -- measurement helpers ------------------------------------------------------
+def _best(fn, repeat: int):
+    """(best wall time over ``repeat`` runs, result of the last run)."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def matmul_rate(shapes, dtype, repeat: int = 5) -> float:
+    """torch GFLOP/s for the chain of GEMMs ``shapes`` = [(M, K, N), ...], best of ``repeat``."""
+    mats = [(torch.randn(M, K, dtype=dtype), torch.randn(K, N, dtype=dtype)) for M, K, N in shapes]
+    flops = sum(2.0 * M * K * N for M, K, N in shapes)
+
+    def run():
+        for a, b in mats:
+            torch.mm(a, b)
+
+    run()
+    t, _ = _best(run, repeat)
+    return flops / t / 1e9
+
+
+def step_rate(method, Y, flops: float, steps: int = 20, repeat: int = 3) -> float:
+    """GFLOP/s of ``method.step`` on the full batch (``flops`` per step, no rows dropped)."""
+    with torch.no_grad():
+        state = method.init(Y, None)
+        method.step(state, 1)
+
+        def run():
+            for k in range(steps):
+                method.step(state, k + 2)
+
+        t, _ = _best(run, repeat)
+    return flops * steps / t / 1e9
+
+
+def gemm_shapes(op: DenseOperator, B: int):
+    """The GEMMs of one gradient step, as GradientStep does it: one (n × n) or two (n × m)."""
+    m, n = op.shape
+    return [(B, n, n)] if n <= 2 * m else [(B, n, m), (B, m, n)]
+
+
+def _row(name, problems, seconds, accuracy, ref_us=None, frac=None):
+    us = seconds / problems * 1e6
+    return {"method": name, "problems": int(problems), "seconds": float(seconds), "us_per_problem": float(us),
+            "accuracy": float(accuracy), "speedup": None if ref_us is None else float(ref_us / us),
+            "matmul_fraction": None if frac is None else float(frac)}
+
+
+def print_table(title: str, rows: list[dict], note: str = "") -> None:
+    print(f"\n== {title}")
+    if note:
+        print(f"   {note}")
+    cells = [HEADER] + [[r["method"], str(r["problems"]), f"{r['seconds']:.3f}", f"{r['us_per_problem']:.1f}",
+                         f"{r['accuracy']:.1e}", "—" if r["speedup"] is None else f"{r['speedup']:.1f}×",
+                         "—" if r["matmul_fraction"] is None else f"{100 * r['matmul_fraction']:.0f}%"]
+                        for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    for i, c in enumerate(cells):
+        print("   " + "  ".join(s.ljust(w) if j == 0 else s.rjust(w) for j, (s, w) in enumerate(zip(c, widths))))
+        if i == 0:
+            print("   " + "  ".join("-" * w for w in widths))
+
+
+# -- problem sets ------------------------------------------------------------
+def xie_problems(N: int, seed: int = 0):
+    """xie2019 §4: A ∈ R^{10×20} U[0,1]; x with s ∈ {1,2,3} non-zeros U[0,100]; y = Ax."""
+    rng = np.random.default_rng(seed)
+    A = rng.random((10, 20))
+    X = np.zeros((N, 20))
+    for i in range(N):
+        idx = rng.choice(20, rng.integers(1, 4), replace=False)
+        X[i, idx] = rng.uniform(0, 100, len(idx))
+    return A, X @ A.T
+
+
+def sen_problems(N: int, seed: int = 0):
+    """sen2024 §4: F ∈ R^{400×1200} N(0,1); s = max(N(0,1), 0) (non-negative); x = Fs."""
+    rng = np.random.default_rng(seed)
+    F = rng.standard_normal((400, 1200))
+    S = np.maximum(rng.standard_normal((N, 1200)), 0)
+    return F, S @ F.T
+
+
+def lasso_problems(N: int, seed: int = 0):
+    """Moreau talk: D ∈ R^{64×256}, unit-norm Gaussian columns; y = x̃/‖Dᵀx̃‖∞, x̃ ~ N(0, I)."""
+    rng = np.random.default_rng(seed)
+    D = rng.standard_normal((64, 256))
+    D /= np.linalg.norm(D, axis=0)
+    Xt = rng.standard_normal((N, 64))
+    return D, Xt / np.abs(Xt @ D).max(1, keepdims=True)
+
+
+def _nnls_obj(A, X, Y):
+    return 0.5 * ((X @ A.T - Y) ** 2).sum(1)
+
+
+def _scipy_nnls_loop(A, Y):
+    from scipy.optimize import nnls
+
+    out = np.empty((Y.shape[0], A.shape[1]))
+    for i, y in enumerate(Y):
+        try:
+            out[i] = nnls(A, y)[0]
+        except RuntimeError:  # 3n iterations were not enough
+            out[i] = nnls(A, y, maxiter=50 * A.shape[1])[0]
+    return out
+
+
+def bench_xie(N: int, repeat: int, quick: bool = False) -> tuple[list[dict], str]:
+    A, Y = xie_problems(N)
+    t_ref, X_ref = _best(lambda: _scipy_nnls_loop(A, Y), repeat)
+    f_ref, scale = _nnls_obj(A, X_ref, Y), 0.5 * (Y ** 2).sum(1)
+    ref_us = t_ref / N * 1e6
+    rows = [_row("scipy nnls (loop)", N, t_ref, 0.0)]
+    At, Yt = torch.from_numpy(A), torch.from_numpy(Y)
+    op = DenseOperator(At)
+    runs = [
+        ("active-set f64 (exact)", lambda: ur_nnls(At, Yt, "active-set", tol=1e-12, max_iter=10 * A.shape[1]), None),
+        ("apgd f64 (restart, kkt 1e-6)",
+         lambda: ur_nnls(At, Yt, "apgd", momentum="nesterov", restart=True, tol=1e-6, max_iter=20_000),
+         APGD(NNLS(op), momentum="nesterov", restart=True)),
+    ]
+    for name, fn, method in runs[:1] if quick else runs:  # APGD needs ~10⁴ iterations here
+        t, res = _best(fn, repeat)
+        X = res.x.numpy()
+        acc = float(np.max((_nnls_obj(A, X, Y) - f_ref) / scale))
+        frac = None
+        if method is not None:
+            shapes = gemm_shapes(op, N)
+            flops = sum(2.0 * M * K * Nn for M, K, Nn in shapes)
+            frac = step_rate(method, Yt, flops) / matmul_rate(shapes, torch.float64)
+        rows.append(_row(name, N, t, acc, ref_us, frac))
+    return rows, "accuracy: max (f − f_scipy)/½‖y‖² (objective excess)"
+
+
+def bench_sen(N: int, n_ref: int, repeat: int) -> tuple[list[dict], str]:
+    F, Y = sen_problems(N)
+    n_ref = min(n_ref, N)
+    t_ref, X_ref = _best(lambda: _scipy_nnls_loop(F, Y[:n_ref]), 1)
+    ref_us = t_ref / n_ref * 1e6
+
+    def relres(X, Yb):
+        return float(np.max(np.linalg.norm(X @ F.T - Yb, axis=1) / np.linalg.norm(Yb, axis=1)))
+
+    rows = [_row("scipy nnls (loop)", n_ref, t_ref, relres(X_ref, Y[:n_ref]))]
+    for dtype, name in [(torch.float64, "apgd f64 (restart, kkt 1e-5)"), (torch.float32, "apgd f32 (restart, kkt 1e-5)")]:
+        Ft, Yt = torch.from_numpy(F).to(dtype), torch.from_numpy(Y).to(dtype)
+        op = DenseOperator(Ft)
+        t, res = _best(lambda: ur_nnls(Ft, Yt, "apgd", momentum="nesterov", restart=True, tol=1e-5,
+                                      max_iter=20_000), repeat)
+        shapes = gemm_shapes(op, N)
+        flops = sum(2.0 * M * K * Nn for M, K, Nn in shapes)
+        frac = step_rate(APGD(NNLS(op), momentum="nesterov", restart=True), Yt, flops, steps=5) / matmul_rate(shapes, dtype)
+        rows.append(_row(name, N, t, relres(res.x.double().numpy(), Y), ref_us, frac))
+    return rows, f"accuracy: max relative residual ‖Fs − x‖/‖x‖ (target 1e-4); SciPy on the first {n_ref} problems"
+
+
+def _lasso_obj(D, Z, Y, lam):
+    return 0.5 * ((Z @ D.T - Y) ** 2).sum(1) + lam * np.abs(Z).sum(1)
+
+
+def bench_lasso(N: int, n_ref: int, repeat: int, lam: float = 0.1) -> tuple[list[dict], str]:
+    from sklearn.linear_model import Lasso as SkLasso
+
+    D, Y = lasso_problems(N)
+    m = D.shape[0]
+    Dt, Yt = torch.from_numpy(D), torch.from_numpy(Y)
+    star = ur_lasso(Dt, Yt, lam, "fista", restart=True, tol=1e-12, max_iter=100_000)
+    F_star = _lasso_obj(D, star.x.numpy(), Y, lam)
+    n_ref = min(n_ref, N)
+    Yr = Y[:n_ref]
+    # scikit-learn / celer stop when gap ≤ tol·‖y‖² in our scale: tol = 1e-6 F*/‖y‖²
+    tols = 1e-6 * F_star[:n_ref] / (Yr ** 2).sum(1)
+
+    def subopt(Z, rows=slice(None)):
+        return float(np.max((_lasso_obj(D, Z, Y[rows], lam) - F_star[rows]) / F_star[rows]))
+
+    rows, refs = [], []
+
+    def sk_loop():
+        out = np.empty((n_ref, D.shape[1]))
+        for i in range(n_ref):
+            est = SkLasso(alpha=lam / m, fit_intercept=False, tol=float(tols[i]), max_iter=100_000)
+            out[i] = est.fit(D, Yr[i]).coef_
+        return out
+
+    def sk_multi():
+        est = SkLasso(alpha=lam / m, fit_intercept=False, tol=float(tols.min()), max_iter=100_000)
+        return est.fit(D, Yr.T).coef_
+
+    baselines = [("sklearn Lasso (loop)", sk_loop), ("sklearn Lasso (multi-target)", sk_multi)]
+    try:
+        from celer import Lasso as CelerLasso
+
+        def celer_loop():
+            out = np.empty((n_ref, D.shape[1]))
+            for i in range(n_ref):
+                est = CelerLasso(alpha=lam / m, fit_intercept=False, tol=float(tols[i]), max_iter=100_000)
+                out[i] = est.fit(D, Yr[i]).coef_
+            return out
+
+        baselines.append(("celer Lasso (loop)", celer_loop))
+    except ImportError:
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, fn in baselines:
+            t, Z = _best(fn, 1)
+            rows.append(_row(name, n_ref, t, subopt(Z, slice(0, n_ref))))
+            refs.append(t / n_ref * 1e6)
+    ref_us = min(refs)
+    for r in rows:
+        r["speedup"] = ref_us / r["us_per_problem"]
+    op = DenseOperator(Dt)
+    shapes = gemm_shapes(op, N)
+    flops = sum(2.0 * M * K * Nn for M, K, Nn in shapes)
+    for name, kw in [("fista f64 (restart)", dict(restart=True)),
+                     ("fista f64 (restart + polish)", dict(restart=True, polish=True)),
+                     ("fista f32 (restart + f64 polish)", dict(restart=True, polish=True, precision="float32"))]:
+        try:
+            t, res = _best(lambda: ur_lasso(Dt, Yt, lam, "fista", tol=1e-6, max_iter=100_000, **kw), repeat)
+        except TypeError:  # option not available
+            continue
+        dt = torch.float32 if kw.get("precision") == "float32" else torch.float64
+        frac = step_rate(FISTA(Lasso(op.to(dtype=dt), lam), restart=True), Yt.to(dt), flops) / matmul_rate(shapes, dt)
+        rows.append(_row(name, N, t, subopt(res.x.numpy()), ref_us, frac))
+    return rows, (f"accuracy: max (F − F*)/F*; speed-up vs the fastest reference; references on the first "
+                  f"{n_ref} problems")
+
+
+def machine_info(size: int = 2048) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:  # pragma: no cover
+        pass
+    for dt in (torch.float32, torch.float64):
+        info[f"matmul_gflops_{str(dt).split('.')[-1]}"] = matmul_rate([(size, size, size)], dt, repeat=3)
+    info["matmul_size"] = size
+    return info
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="unrolled bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small problem sets (a smoke run of a few seconds)")
+    p.add_argument("--out", default=None, help="write the results as JSON to this file")
+    p.add_argument("--sets", default="nnls-10x20,nnls-400x1200,lasso-64x256",
+                   help="comma-separated problem sets to run")
+    p.add_argument("--repeat", type=int, default=None, help="timing repeats (best is kept)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's own; 1 is steadier on a shared machine)")
+    args = p.parse_args(argv)
+    quick = args.quick
+    repeat = args.repeat or (1 if quick else 3)
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    known = {"nnls-10x20", "nnls-400x1200", "lasso-64x256"}
+    bad = [s for s in sets if s not in known]
+    if bad:
+        p.error(f"unknown set(s) {bad}; choose from {sorted(known)}")
+    info = machine_info(512 if quick else 2048)
+    print(f"unrolled bench — torch {info['torch']}, {info['threads']} threads, load {info.get('load_average')}")
+    print(f"   torch matmul {info['matmul_size']}³: float32 {info['matmul_gflops_float32']:.0f} GFLOP/s, "
+          f"float64 {info['matmul_gflops_float64']:.0f} GFLOP/s")
+    results = {"machine": info, "quick": quick, "sets": {}}
+    for name in sets:
+        if name == "nnls-10x20":
+            rows, note = bench_xie(200 if quick else 2000, repeat, quick)
+        elif name == "nnls-400x1200":
+            rows, note = bench_sen(40 if quick else 1000, 4 if quick else 200, repeat)
+        else:
+            rows, note = bench_lasso(100 if quick else 10_000, 20 if quick else 500, repeat)
+        print_table(name, rows, note)
+        results["sets"][name] = {"note": note, "rows": rows}
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(results, fh, indent=1)
+        print(f"\nwrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
