@@ -10,7 +10,8 @@ from ..operators import DenseOperator, Operator
 class GradientStep:
     """u ↦ u − α Aᵀ(Au − y) = (I − αAᵀA) u + αAᵀy   (xie2019 eq. 1.4 before the ReLU).
 
-    For a dense A with n < 2m this is one fused ``addmm`` with W = I − αAᵀA (n × n);
+    For a dense A with n ≤ 2m (no more flops than two products) this is one fused ``addmm``
+    with W = I − αAᵀA (n × n);
     otherwise two products with A. ``offset(Y)`` gives the row constant b = αAᵀy,
     computed once per problem, so one iteration is one matmul plus elementwise work.
     """
@@ -18,7 +19,7 @@ class GradientStep:
     def __init__(self, op: Operator, alpha: float):
         self.op, self.alpha = op, float(alpha)
         self.W = None
-        if isinstance(op, DenseOperator) and op.n < 2 * op.m:
+        if isinstance(op, DenseOperator) and op.n <= 2 * op.m:
             self.W = torch.eye(op.n, dtype=op.dtype, device=op.device) - self.alpha * op.gram
 
     def offset(self, Y: torch.Tensor) -> torch.Tensor:

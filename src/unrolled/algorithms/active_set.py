@@ -79,16 +79,20 @@ class ActiveSet:
         self.G_pad = F.pad(A.T @ A, (0, 1, 0, 1))
         self.A_pad = F.pad(A, (0, 1))
         self.diag = self.G_pad.diagonal().clone()
-        self.use_gram = n < 2 * m
+        self.use_gram = n <= 2 * m
 
     # -- helpers ----------------------------------------------------------
     # Rows are kept in a padded layout (B, n + 1): column n is the "empty slot" column
     # (zero in AᵀA, Aᵀy and x), so gathers and scatters through ``slots`` need no masks.
     def _residual(self, aty, s):
-        """w = Aᵀy − AᵀA s (padded rows), one fused addmm in the cheaper product order."""
+        """w = Aᵀy − AᵀA s (padded rows), in the cheaper product order.
+
+        Written as (G sᵀ)ᵀ (G symmetric): for a thin batch of short rows MKL's GEMM is
+        about 2× faster in that layout than s G.
+        """
         if self.use_gram:
-            return torch.addmm(aty, s, self.G_pad, alpha=-1.0)
-        return torch.addmm(aty, s @ self.A_pad.T, self.A_pad, alpha=-1.0)
+            return aty - torch.mm(self.G_pad, s.T).T
+        return aty - torch.mm(self.A_pad.T, torch.mm(self.A_pad, s.T)).T
 
     def _scatter(self, vals, slots):
         """Compact slot values (B, k) → padded rows (B, n + 1)."""
