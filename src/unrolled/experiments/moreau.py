@@ -190,13 +190,13 @@ def simulated(quick: bool, out: Path, seed: int = 0) -> dict:
     _threads()
     t0 = time.perf_counter()
     depth = 8 if quick else 20
-    n_train, n_test = (400, 200) if quick else (2000, 1000)
+    n_train, n_test = (300, 200) if quick else (2000, 1000)
     D = sphere_dictionary(64, 256, seed=seed)
     Ytr = equiregularization(D, n_train, seed=seed + 1)
     Yval = equiregularization(D, n_test // 2, seed=seed + 2)
     Yte = equiregularization(D, n_test, seed=seed + 3)
     match_iters = 300 if quick else 3000
-    per_lam = _lasso_comparison(D, Ytr, Yval, Yte, (0.1, 0.8), depth, epochs_scalar=15 if quick else 100,
+    per_lam = _lasso_comparison(D, Ytr, Yval, Yte, (0.1, 0.8), depth, epochs_scalar=10 if quick else 100,
                                 epochs_all=5 if quick else 60, seed=seed, match_iters=match_iters)
     claims = {}
     for lam, r in per_lam.items():
@@ -226,7 +226,7 @@ def digits(quick: bool, out: Path, seed: int = 0) -> dict:
     D, Yall, Yte = digits_lasso_data(256, n_train + n_val, n_test, seed=seed)
     Ytr, Yval = Yall[:n_train], Yall[n_train:]
     match_iters = 300 if quick else 3000
-    per_lam = _lasso_comparison(D, Ytr, Yval, Yte, (0.1, 0.8), depth, epochs_scalar=15 if quick else 100,
+    per_lam = _lasso_comparison(D, Ytr, Yval, Yte, (0.1, 0.8), depth, epochs_scalar=10 if quick else 100,
                                 epochs_all=5 if quick else 60, seed=seed, match_iters=match_iters)
     results = {"depth": depth, "n_train": n_train, "n_test": n_test, "per_lambda": per_lam,
                "table": _comparison_table(per_lam, depth, match_iters)}
@@ -365,7 +365,7 @@ def marchenko_pastur(quick: bool, out: Path, seed: int = 0) -> dict:
     Yval = equiregularization(D, 200 if quick else 500, seed=seed + 2)
     Yte = equiregularization(D, 200 if quick else 1000, seed=seed + 3)
     net = SLISTA(D.float(), depth, lam)
-    log = _fit_unsupervised(net, Ytr.float(), Yval.float(), epochs_scalar=15 if quick else 100, epochs_all=0,
+    log = _fit_unsupervised(net, Ytr.float(), Yval.float(), epochs_scalar=10 if quick else 100, epochs_all=0,
                             seed=seed)
     L = ur.DenseOperator(D).lipschitz
     steps_L = (net.steps().double() * L).numpy()
@@ -432,7 +432,7 @@ def chen_cpss(quick: bool, out: Path, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     m, n = (100, 200) if quick else (250, 500)
     depth = 6 if quick else 16
-    n_train, n_val, n_test = (1000, 300, 500) if quick else (1500, 300, 500)
+    n_train, n_val, n_test = (500, 200, 300) if quick else (1500, 300, 500)
     lam = 0.05
     stages = list(range(1, depth + 1)) if quick else [1, 2, 4, 6, 8, 10, 12, 14, 16]
     A = gaussian_dictionary(m, n, seed=seed)
@@ -455,16 +455,24 @@ def chen_cpss(quick: bool, out: Path, seed: int = 0) -> dict:
             t1 = time.perf_counter()
             val = (Yval.float(), Zval.float())
             # 1. steps and thresholds of every layer (log-parametrized: a relative rate)
-            train(net, Ytr.float(), Ztr.float(), loss="supervised", epochs=10 if quick else 20, batch_size=64,
+            train(net, Ytr.float(), Ztr.float(), loss="supervised", epochs=6 if quick else 20, batch_size=64,
                   lr=0.05, val=val, seed=seed, params=_scalar_params(net), progress=False)
-            # 2. the matrices, with the staged schedule of Chen et al. (new layers, then all at 0.2, 0.02 × lr)
+            # 2. the matrices, with the staged schedule of Chen et al. (new layers, then all at 0.2, 0.02 × lr);
+            #    kept only if it beats phase 1 on the validation set (model selection, as in _fit_unsupervised)
+            kept = "scalars"
             if len(_scalar_params(net)) < len(list(net.parameters())):
+                before = evaluate_layers(net, Yval, Zval)["nmse_db"][-1]
+                state = {k: v.clone() for k, v in net.state_dict().items()}
                 train_staged(net, Ytr.float(), Ztr.float(), loss="supervised", stages=stages,
                              epochs_new=2, epochs_all=(1, 1), lr=1e-3,
                              refine_lrs=(0.2, 0.02), val=val, batch_size=64, seed=seed)
+                if evaluate_layers(net, Yval, Zval)["nmse_db"][-1] < before:
+                    kept = "staged"
+                else:
+                    net.load_state_dict(state)
             curve = evaluate_layers(net, Yte, Zte)["nmse_db"]
             final = curve[-1]
-            nets[label] = {"nmse_db": curve, "seconds": round(time.perf_counter() - t1, 1),
+            nets[label] = {"nmse_db": curve, "seconds": round(time.perf_counter() - t1, 1), "kept": kept,
                            "ista_iters_to_match": _first_below(ref["ista"], final),
                            "fista_iters_to_match": _first_below(ref["fista"], final)}
         per[sname] = {"reference": {k: v[:depth + 1] for k, v in ref.items()},
