@@ -214,7 +214,7 @@ def bench_lasso(N: int, n_ref: int, repeat: int, lam: float = 0.1) -> tuple[list
     D, Y = lasso_problems(N)
     m = D.shape[0]
     Dt, Yt = torch.from_numpy(D), torch.from_numpy(Y)
-    star = ur_lasso(Dt, Yt, lam, "fista", restart=True, tol=1e-12, max_iter=100_000)
+    star = ur_lasso(Dt, Yt, lam, "fista", restart=True, polish=True, tol=1e-12, max_iter=100_000)
     F_star = _lasso_obj(D, star.x.numpy(), Y, lam)
     n_ref = min(n_ref, N)
     Yr = Y[:n_ref]
