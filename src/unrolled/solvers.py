@@ -19,10 +19,10 @@ NNLS_METHODS = {"pgd": PGD, "apgd": APGD, "ogd": OGD, "active-set": ActiveSet}
 LASSO_METHODS = {"ista": ISTA, "fista": FISTA, "oista": OISTA}
 
 
-def _setup(A, Y, x0, *, nonnegative_x0=False):
+def _setup(A, Y, x0, *, nonnegative_x0=False, name="A"):
     """Operator, batch of measurements and warm start, all in one dtype/device."""
     Y_t, kind = as_batch(Y, "Y")
-    op = as_operator(A)
+    op = as_operator(A, name=name)
     dtype = torch.promote_types(op.dtype, Y_t.dtype)
     op = as_operator(op, dtype=dtype, device=Y_t.device)
     Y_t, _ = as_batch(Y_t, "Y", op.m, dtype=dtype)
@@ -62,7 +62,7 @@ def lasso(D, Y, lam: float, method: str = "fista", *, tol: float = 1e-6, max_ite
     """
     lam = nonnegative_float(lam, "lam")
     choice(method, "method", LASSO_METHODS)
-    op, Y_t, X0, kind = _setup(D, Y, x0)
+    op, Y_t, X0, kind = _setup(D, Y, x0, name="D")
     problem = Lasso(op, lam)
     return iterate(LASSO_METHODS[method](problem, **options), problem, Y_t, X0, tol=tol, max_iter=max_iter,
                    check_every=check_every, progress=progress, kind=kind)
