@@ -8,6 +8,7 @@ import torch
 
 from ..operators import DenseOperator
 from ..problems import Lasso
+from .._validate import nonnegative_float
 from ._common import GradientStep, soft_threshold
 
 
@@ -18,7 +19,7 @@ class ISTA:
 
     def __init__(self, problem: Lasso, step: float | None = None):
         self.problem = problem
-        self.alpha = 1.0 / problem.op.lipschitz if step is None else float(step)
+        self.alpha = 1.0 / problem.op.lipschitz if step is None else nonnegative_float(step, "step", strict=True)
         self.grad_step = GradientStep(problem.op, self.alpha)
         self.thresh = problem.lam * self.alpha
 
@@ -99,11 +100,12 @@ class FISTA(ISTA):
         z, w, t = state[key], state["w"], state["t"]
         z_new = soft_threshold((self.grad_low if low else self.grad_step)(w, state["b"]), self.thresh)
         t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        diff = z_new - z
         if self.restart:
-            bad = ((w - z_new) * (z_new - z)).sum(1, keepdim=True) > 0
+            bad = torch.linalg.vecdot(w - z_new, diff).unsqueeze(1) > 0
             t_next = torch.where(bad, torch.ones_like(t), t_next)
             t = torch.where(bad, torch.ones_like(t), t)
-        state["w"] = z_new + ((t - 1) / t_next) * (z_new - z)
+        state["w"] = torch.addcmul(z_new, (t - 1) / t_next, diff)  # one fused pass over the batch
         state[key], state["t"] = z_new, t_next
         if self.polish and k % self.polish == 0:
             self._polish(state, low)

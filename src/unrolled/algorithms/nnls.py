@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..problems import NNLS
+from .._validate import nonnegative_float
 from ._common import GradientStep, fista_momentum
 
 
@@ -21,7 +22,7 @@ class PGD:
 
     def __init__(self, problem: NNLS, step: float | None = None):
         self.problem = problem
-        self.alpha = 1.0 / problem.op.lipschitz if step is None else float(step)
+        self.alpha = 1.0 / problem.op.lipschitz if step is None else nonnegative_float(step, "step", strict=True)
         self.grad_step = GradientStep(problem.op, self.alpha)
 
     def init(self, Y, X0):
