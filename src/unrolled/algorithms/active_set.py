@@ -47,8 +47,11 @@ class ActiveSet:
                   (default 10·max(m, n)·ε of float64).
       refine:     iterative-refinement steps per solve (default 1).
 
-    Memory: B·k² numbers for the inverses, k = min(m, n).
-    ``state["finished"]`` marks the rows where LH has stopped; the solver loop drops them.
+    Stopping: a row leaves the batch when LH stops (``state["finished"]``) or when the
+    certificate is ≤ ``tol`` at a check, whichever comes first; pass a tiny ``tol``
+    (e.g. 1e-12) to get LH's own end point, equal to SciPy's ``nnls`` to rounding.
+    ``n_iter`` counts LH steps (adds + removes) up to the check that dropped the row.
+    Memory: B·k² float64 numbers for the inverses, k = min(m, n).
     """
 
     name = "active-set"
