@@ -131,3 +131,13 @@ def test_oista_fewer_iterations_than_ista(capsys):
               f"{n['oista'].mean():.0f}/{n['ista'].mean():.0f} = {ratio:.2f}")
     assert ratio < 1.0
     assert (n["oista"] <= n["ista"]).all()
+
+
+def test_lambda_zero_is_least_squares():
+    """λ = 0: the duality gap cannot certify (it stayed at 1 for ever); the stationarity
+    certificate does, and the solution is the least-squares one."""
+    rng = np.random.default_rng(12)
+    D, Y = rng.standard_normal((20, 10)), rng.standard_normal((2, 20))
+    res = ur.lasso(D, Y, 0.0, "fista", restart=True, tol=1e-10, max_iter=20_000)
+    assert res.converged.all()
+    np.testing.assert_allclose(res.x, np.linalg.lstsq(D, Y.T, rcond=None)[0].T, atol=1e-8)
