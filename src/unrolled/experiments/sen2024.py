@@ -11,6 +11,12 @@ Our reading of the paper (see ``data.gaussian_nonnegative``): s = ReLU(z), z ~ N
 LOGD starts from x₀ = 0.4·1 (E[s] = 1/√(2π) ≈ 0.4; the paper's s₀ = 0 is a fixed point)
 with η = 1/‖F‖₂² (P = 2); both nets start from the analytic init. A separate validation
 set (200 signals) picks the best epoch; the test set (200 signals) is used only to report.
+
+Measured (full run, seed 0, 441 s): test error LOGD 16.45 < OGD (fixed η) 16.72 < UPGDM
+16.83 < PGD 18.80 at depth 3 — the paper's ordering, by small margins. Half-dense
+signals with m = n/3 are not identifiable (PGD after 1000 iterations: ≈ 15.7), and 1.9M weights
+per layer memorise 1000 signals: the training loss falls from 279 to 86 (Fig. 1) while
+the validation loss is best at epoch 2 (LOGD) / 5 (UPGDM).
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from . import experiment, finish
 RECIPES = {
     "full": {"m": 400, "n": 1200, "n_train": 1000, "n_test": 200, "depth": 3, "epochs": 40,
              "batch_size": 250, "lr": 3e-2},
-    "quick": {"m": 40, "n": 120, "n_train": 200, "n_test": 100, "depth": 3, "epochs": 15,
+    "quick": {"m": 40, "n": 120, "n_train": 200, "n_test": 100, "depth": 3, "epochs": 10,
               "batch_size": 100, "lr": 1e-2},
 }
 INIT_VALUE = 0.4
