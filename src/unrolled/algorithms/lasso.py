@@ -119,9 +119,13 @@ class FISTA(ISTA):
         if prev is None:
             return
         stable = (supp == prev).all(1)
+        # a failed attempt is not repeated until the support changes
+        tried = state.get("tried", torch.zeros_like(stable)) & stable
+        todo = stable & ~tried
         if low:
-            stable &= ~state["polished"]
-        rows = stable.nonzero().squeeze(1)
+            todo &= ~state["polished"]
+        rows = todo.nonzero().squeeze(1)
+        state["tried"] = tried | todo
         if len(rows) == 0:
             return
         op = self.problem.op
