@@ -44,8 +44,9 @@ def to_tensor(value, name: str, *, dtype=None, device=None) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.is_complex():
         raise TypeError(f"{name} must be real, got a complex {t.dtype}")
-    if dtype is None:
-        dtype = t.dtype if t.dtype in _FLOATS else torch.get_default_dtype()
+    if dtype is None:  # integers/bools: float64 from NumPy (NumPy's default), torch's default otherwise
+        dtype = t.dtype if t.dtype in _FLOATS else (torch.get_default_dtype() if isinstance(value, torch.Tensor)
+                                                    else torch.float64)
     t = t.to(dtype=dtype, device=device)
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf")
