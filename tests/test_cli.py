@@ -82,3 +82,31 @@ def test_solve_with_a_classical_method_matches_the_library(tmp_path):
 def test_reproduce_lists_experiments(capsys):
     assert main(["reproduce", "--list"]) == 0
     assert "xie-table1" in capsys.readouterr().out
+
+
+def test_train_lista_unsupervised_from_config(tmp_path):
+    (tmp_path / "lista.toml").write_text("""
+[data]
+generator = "equiregularization"
+m = 16
+n = 32
+n_train = 200
+n_val = 50
+[model]
+name = "SLISTA"
+depth = 4
+lam = 0.3
+dtype = "float64"
+[train]
+loss = "unsupervised"
+epochs = 3
+batch_size = 50
+lr = 1e-2
+""")
+    assert main(["train", str(tmp_path / "lista.toml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    net = ur.load(tmp_path / "run" / "model.safetensors")
+    D = np.load(tmp_path / "run" / "operator.npy")
+    _, Y, _ = ur.data.equiregularized_signals(20, A=D, seed=9)
+    ista = ur.lasso(D, Y, 0.3, "ista", max_iter=4, tol=0)
+    F = lambda Z: 0.5 * ((Z @ D.T - Y) ** 2).sum(1) + 0.3 * np.abs(Z).sum(1)
+    assert F(net(Y)).mean() <= F(ista.x).mean() * 1.01  # trained steps do at least as well as 4 ISTA steps

@@ -10,9 +10,10 @@ import numpy as np
 
 from .._validate import choice, positive_int
 from .generators import gaussian_nonnegative, sparse_nonnegative
+from .lasso import equiregularization, gaussian_dictionary, sparse_measurements, sphere_dictionary
+from .mlsc import mlsc_dictionaries, mlsc_signals
 
 OPERATORS = ("uniform", "gaussian", "sphere")
-GENERATORS: dict = {"xie2019": sparse_nonnegative, "sen2024": gaussian_nonnegative}
 
 
 def make_operator(kind: str, m: int, n: int, seed: int = 0) -> np.ndarray:
@@ -23,8 +24,31 @@ def make_operator(kind: str, m: int, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if kind == "uniform":
         return rng.uniform(0.0, 1.0, (m, n))
-    A = rng.standard_normal((m, n))
-    return A / np.linalg.norm(A, axis=0, keepdims=True) if kind == "sphere" else A
+    if kind == "sphere":
+        return sphere_dictionary(m, n, seed=seed).numpy()
+    return rng.standard_normal((m, n))
 
 
-__all__ = ["make_operator", "GENERATORS", "sparse_nonnegative", "gaussian_nonnegative"]
+def equiregularized_signals(n_samples: int, *, A=None, m: int = 64, n: int = 256, seed: int = 0):
+    """(D, Y, None): D with columns on the sphere (unless given), Y on the equiregularization set
+    (λ_max = 1; Moreau talk). No ground truth: train these unsupervised or semi-supervised."""
+    D = sphere_dictionary(m, n, seed=seed).numpy() if A is None else np.asarray(A)
+    return D, equiregularization(D, n_samples, seed=seed + 1).numpy(), None
+
+
+def bernoulli_gaussian_signals(n_samples: int, *, A=None, m: int = 250, n: int = 500, p: float = 0.1,
+                               snr_db: float | None = None, seed: int = 0):
+    """(A, Y, Z): Chen et al. 2018's setting, normalised Gaussian A, Bernoulli(p)–Gaussian codes Z,
+    y = Az (+ noise at ``snr_db``)."""
+    A = gaussian_dictionary(m, n, seed=seed).numpy() if A is None else np.asarray(A)
+    Y, Z = sparse_measurements(A, n_samples, p=p, snr_db=snr_db, seed=seed + 1)
+    return A, Y.numpy(), Z.numpy()
+
+
+GENERATORS: dict = {"xie2019": sparse_nonnegative, "sen2024": gaussian_nonnegative,
+                    "equiregularization": equiregularized_signals, "bernoulli-gaussian": bernoulli_gaussian_signals}
+
+
+__all__ = ["make_operator", "GENERATORS", "sparse_nonnegative", "gaussian_nonnegative", "equiregularized_signals",
+           "bernoulli_gaussian_signals", "sphere_dictionary", "gaussian_dictionary", "equiregularization",
+           "sparse_measurements", "mlsc_dictionaries", "mlsc_signals"]
