@@ -7,10 +7,13 @@ figures into ``out`` (through :func:`finish`) and returns the results dict, whos
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 import importlib
 import json
 from pathlib import Path
 import time
+
+import torch
 
 EXPERIMENTS: dict[str, dict] = {}
 MODULES = ["xie2019", "sen2024", "sulam2018", "moreau"]
@@ -35,6 +38,18 @@ def _load_all() -> None:
 def available() -> dict[str, dict]:
     _load_all()
     return dict(sorted(EXPERIMENTS.items()))
+
+
+@contextmanager
+def threads(n: int):
+    """Run the block with ``n`` torch threads, then restore. Small problems run fastest on one
+    thread; on a shared machine a second thread can make them many times slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def format_table(rows) -> str:

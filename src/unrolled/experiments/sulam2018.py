@@ -27,14 +27,13 @@ recovery (Fig. 2 subset: γ₂ error 0.5575 at the fixed point vs 0.5566 at the 
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 import time
 
 import numpy as np
 import torch
 
-from . import experiment, finish
+from . import experiment, finish, threads
 
 SETTINGS = {
     "full": {"n_signals": 500, "lam2": np.geomspace(0.0005, 0.1, 14), "lam1": np.geomspace(0.0005, 0.3, 15),
@@ -43,16 +42,6 @@ SETTINGS = {
               "fig2_signals": 10, "fig2_iters": 400, "admm_iters": 40, "admm_inner": 300},
 }
 SIZES = {"n": 50, "m1": 70, "m2": 60, "s1": 42, "s2": 30, "snr_db": 10.0}
-
-
-@contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _errors(G2_hat, D2, G1, G2):
@@ -151,7 +140,7 @@ def run(quick: bool, out: Path, seed: int) -> dict:
     D1, D2 = mlsc_dictionaries(SIZES["n"], SIZES["m1"], SIZES["m2"], seed=seed)
     sig = mlsc_signals(D1, D2, cfg["n_signals"], s1=SIZES["s1"], s2=SIZES["s2"], snr_db=SIZES["snr_db"],
                        seed=seed + 1)
-    with _threads(1):
+    with threads(1):
         rows = figure1(D1, D2, sig, cfg)
         i_ml = int(np.argmin([r["ml_err_g2"] for r in rows]))
         i_bp = int(np.argmin([r["bp_err_g2"] for r in rows]))

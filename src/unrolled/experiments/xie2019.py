@@ -19,14 +19,13 @@ LAPGD-3 28.9 after 50 epochs and 18.8 after 300 epochs (211 s): far from 8.89 in
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 import time
 
 import numpy as np
 import torch
 
-from . import experiment, finish, format_table
+from . import experiment, finish, format_table, threads
 
 PAPER_TABLE1 = {"LAPGD": 8.89, "LPGD": 12.59, "Vanilla": 12.71, "LPGD w/o skip": 14.52}
 GAMMA = 0.9
@@ -40,17 +39,6 @@ RECIPES = {
     "demo": {"n_train": 20000, "n_test": 2000, "lr": 1e-2, "batch_size": 1000, "table_epochs": 400,
              "fig_epochs": 0, "warm_epochs": 50, "depths": [3], "analytic_epochs": 0},
 }
-
-
-@contextmanager
-def _threads(n: int):
-    """Tiny (20-wide) nets: one thread is fastest on a shared machine; restore afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def data(recipe: dict, seed: int):
@@ -164,7 +152,7 @@ def _bar_figure(results: dict, classical: dict, title: str):
 def table1(quick: bool, out: Path, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     recipe = RECIPES["quick" if quick else "full"]
-    with _threads(1):
+    with threads(1):
         A, classical, res, curves = _table1(recipe, seed, list(PAPER_TABLE1), out, analytic=True)
     rows = [["net (depth 3)", "ours", "xie2019", "PGD-3 / ours"]]
     for k, r in res.items():
@@ -188,7 +176,7 @@ def fig3(quick: bool, out: Path, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     recipe = RECIPES["quick" if quick else "full"]
     depths = recipe["depths"]
-    with _threads(1):
+    with threads(1):
         A, train, (Yt, Xt) = data(recipe, seed)
         iters = 200 if quick else 5000
         classical = classical_errors(A, Yt, Xt, iters)
@@ -255,7 +243,7 @@ def demo(out, quick: bool = False) -> dict:
     t0 = time.perf_counter()
     out = Path(out)
     recipe = RECIPES["quick" if quick else "demo"]
-    with _threads(1):
+    with threads(1):
         A, classical, res, _ = _table1(recipe, 0, ["LAPGD", "LPGD"], out, analytic=False)
     rows = [["depth 3", "ours", "xie2019 Table 1"]]
     for k, r in res.items():

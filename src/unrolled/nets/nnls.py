@@ -78,6 +78,15 @@ class _NNLSNet(UnrolledNet):
         R = torch.randn(rows, cols, generator=self._gen, dtype=torch.float64) / cols ** 0.5
         return R.to(self.operator.dtype)
 
+    def _normal_equation_params(self, init: str):
+        """W₁ ≈ AᵀA and W₂ ≈ Aᵀ per layer (sen2024 eq. 5–6): exact when analytic, else random at
+        the same scale (‖A‖₂² and ‖A‖₂)."""
+        if init == "analytic":
+            return self._params(lambda k: self.op.gram.clone()), self._params(lambda k: self.op.A.T.clone())
+        n, m, scale = self.n, self.m, self.op.lipschitz ** 0.5
+        return (self._params(lambda k: self._gauss(n, n) * scale ** 2 / n ** 0.5),
+                self._params(lambda k: self._gauss(n, m) * scale))
+
     def _scalar(self, value: float) -> torch.Tensor:
         return torch.tensor(float(value), dtype=self.operator.dtype)
 
@@ -230,14 +239,7 @@ class UPGDM(_NNLSNet):
             step = nonnegative_float(step, "step", strict=True)
         super().__init__(A, depth, init=init, tied=tied, seed=seed, step=step)
         self.alpha = PGD(self.problem, step=step).alpha
-        n, m = self.n, self.m
-        if init == "analytic":
-            self.W1 = self._params(lambda k: self.op.gram.clone())
-            self.W2 = self._params(lambda k: self.op.A.T.clone())
-        else:
-            scale = self.op.lipschitz ** 0.5
-            self.W1 = self._params(lambda k: self._gauss(n, n) * scale ** 2 / n ** 0.5)
-            self.W2 = self._params(lambda k: self._gauss(n, m) * scale)
+        self.W1, self.W2 = self._normal_equation_params(init)
         self.register_buffer("step_scale", self._scalar(self.alpha))
         self.mu_gain = nn.ParameterList([nn.Parameter(self._scalar(1.0)) for _ in range(depth)])
 
@@ -283,14 +285,7 @@ class LOGD(_NNLSNet):
         super().__init__(A, depth, init=init, tied=tied, seed=seed, power=power, eta=eta, init_value=init_value)
         self.P, self.init_value = power, init_value
         self.eta0 = 1.0 / (power * self.op.lipschitz) if eta is None else eta
-        n, m = self.n, self.m
-        if init == "analytic":
-            self.W1 = self._params(lambda k: self.op.gram.clone())
-            self.W2 = self._params(lambda k: self.op.A.T.clone())
-        else:
-            scale = self.op.lipschitz ** 0.5
-            self.W1 = self._params(lambda k: self._gauss(n, n) * scale ** 2 / n ** 0.5)
-            self.W2 = self._params(lambda k: self._gauss(n, m) * scale)
+        self.W1, self.W2 = self._normal_equation_params(init)
         self.register_buffer("step_scale", self._scalar(self.eta0))
         self.eta_gain = nn.ParameterList([nn.Parameter(self._scalar(1.0)) for _ in range(depth)])
 
