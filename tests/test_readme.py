@@ -1,0 +1,18 @@
+"""The README's quick example runs as written and does what its comments say."""
+from pathlib import Path
+import re
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_quick_example_runs(tmp_path, monkeypatch, capsys):
+    block = re.search(r"## Quick example\s+```python\n(.*?)```", README.read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    lines = capsys.readouterr().out.split("\n")
+    converged, exact_err = map(float, lines[0].split())
+    assert converged == 1.0 and exact_err < 1.0
+    assert float(lines[1]) < 20                       # learned depth 3 far below 3 APGD iterations (≈ 67)
+    assert (tmp_path / "lapgd3.safetensors").is_file()
+    assert (namespace["net2"](namespace["Y"][:5]) == namespace["net"](namespace["Y"][:5])).all()
