@@ -63,7 +63,7 @@ def test_lapgd_analytic_is_apgd_constant_momentum(xie, tied):
     ref = solver_iterates(APGD(problem_of(A), gamma=0.9, momentum="constant"), Yt, K)
     assert_iterates_equal(net(Yt, return_all=True), ref)
     # momentum makes a difference, so LAPGD ≠ LPGD here
-    assert float((net(Yt) - LPGD(A, K)(Yt)).abs().max()) > 1e-3
+    assert float((net(Yt) - LPGD(A, K)(Yt)).abs().max().detach()) > 1e-3
 
 
 def test_lapgd_with_zero_w2_is_lpgd(xie):

@@ -143,3 +143,17 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="NaN"):
         Yb = Y.copy(); Yb[0, 0] = np.nan
         ur.train(net, Yb, X, progress=False)
+
+
+def test_parameter_groups_get_their_own_relative_rates():
+    A, Y, X = _data()
+    net = StepNet(A).double()
+    before = net.steps.detach().clone()
+    ur.train(net, Y, X, epochs=2, lr=1e-3, schedule="none", progress=False,
+             params=[{"params": [net.steps], "lr": 0.0 + 1e-12}])
+    # a vanishing factor leaves the step sizes where they were; factor 1 moves them
+    torch.testing.assert_close(net.steps.detach(), before, rtol=0, atol=1e-12)
+    ur.train(net, Y, X, epochs=2, lr=1e-3, schedule="none", progress=False, params=[{"params": [net.steps]}])
+    assert (net.steps.detach() - before).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="lr"):
+        ur.train(net, Y, X, epochs=1, progress=False, params=[{"params": [net.steps], "lr": -1}])

@@ -110,7 +110,9 @@ def train(net, Y, X=None, *, loss: str = "supervised", epochs: int = 100, batch_
     same with x the Lasso solution (computed if ``X`` is None); ``"unsupervised"`` — the problem's
     objective F_y(x̂) (Moreau talk, "LISTA – Training"). ``val``: ``(Y_val, X_val)`` or ``Y_val``.
     ``checkpoint``: file path; written atomically every epoch and resumed from if ``resume``.
-    ``depth`` trains the first layers only; ``params`` restricts the trained parameters;
+    ``depth`` trains the first layers only; ``params`` restricts the trained parameters, as
+    tensors or as groups ``{"params": [...], "lr": factor}`` whose rate is ``factor × lr``
+    (e.g. steps and thresholds faster than matrices);
     ``layer_weights`` sums the loss over every layer's output with these weights.
     ``checkpoint_every``: epochs between checkpoints (the last epoch is always written).
     """
@@ -133,10 +135,16 @@ def train(net, Y, X=None, *, loss: str = "supervised", epochs: int = 100, batch_
     if val is not None:
         Yv, Xv = val if isinstance(val, (tuple, list)) else (val, None)
         val_data = _prepare(net, Yv, Xv, "val_", loss)
-    params = list(net.parameters()) if params is None else list(params)
+    groups = [{"params": list(net.parameters())}] if params is None else list(params)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    for g in groups:  # per-group rates are relative: the group's "lr" multiplies ``lr`` (default 1)
+        g["params"] = list(g["params"])
+        g["lr_factor"] = nonnegative_float(g.pop("lr", 1.0), "params group lr", strict=True)
+    params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError("no parameters to train")
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     loss_of = _loss_fn(net, loss, layer_weights)
     config = {"loss": loss, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "clip": clip,
               "schedule": schedule, "depth": depth, "weight_decay": weight_decay,
@@ -175,7 +183,7 @@ def train(net, Y, X=None, *, loss: str = "supervised", epochs: int = 100, batch_
         for attempt in range(MAX_BACKOFFS + 1):
             rate = lr * lr_scale * (0.5 * (1 + math.cos(math.pi * epoch / epochs)) if schedule == "cosine" else 1.0)
             for g in opt.param_groups:
-                g["lr"] = rate
+                g["lr"] = rate * g["lr_factor"]
             snapshot = {k: v.detach().clone() for k, v in net.state_dict().items()}
             opt_snapshot = opt.state_dict()
             opt_snapshot = {"state": {i: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
