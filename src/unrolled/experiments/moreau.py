@@ -32,10 +32,6 @@ PAPER = "moreau talk (Ablin et al. 2019)"
 
 # -- shared pieces ---------------------------------------------------------------------------
 
-def _threads():
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-
-
 def _reference_gaps(D, Y, lam, F_star, iters: int, methods=("ista", "fista", "oista")) -> dict:
     """Mean objective gap after k = 0..iters iterations of the classical solvers (float64)."""
     import unrolled as ur
@@ -195,7 +191,6 @@ def _comparison_figure(per_lam, depth, title):
                  "D 64×256 uniform on the sphere, x in the equiregularization set, λ ∈ {0.1, 0.8}")
 def simulated(quick: bool, out: Path, seed: int = 0) -> dict:
     from ..data.lasso import equiregularization, sphere_dictionary
-    _threads()
     t0 = time.perf_counter()
     depth = 8 if quick else 20
     n_train, n_test = (300, 200) if quick else (2000, 1000)
@@ -227,7 +222,6 @@ def simulated(quick: bool, out: Path, seed: int = 0) -> dict:
                  "scaled into the equiregularization set, λ ∈ {0.1, 0.8}")
 def digits(quick: bool, out: Path, seed: int = 0) -> dict:
     from ..data.images import digits_lasso_data
-    _threads()
     t0 = time.perf_counter()
     depth = 8 if quick else 20
     n_train, n_val, n_test = (400, 100, 200) if quick else (1000, 241, 300)
@@ -257,7 +251,6 @@ def coupling(quick: bool, out: Path, seed: int = 0) -> dict:
     from ..data.lasso import equiregularization, sphere_dictionary
     from ..nets import LISTA_CP
     from ..staged import train_staged
-    _threads()
     t0 = time.perf_counter()
     depth = 10 if quick else 40
     lam, perturb = 0.1, COUPLING["perturb"]
@@ -333,7 +326,6 @@ def marchenko_pastur(quick: bool, out: Path, seed: int = 0) -> dict:
     from ..data.lasso import equiregularization, sphere_dictionary
     from ..metrics import lasso_optimum
     from ..nets import SLISTA
-    _threads()
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     ns = (64, 256) if quick else (64, 128, 256, 512, 1024)
@@ -436,7 +428,6 @@ def chen_cpss(quick: bool, out: Path, seed: int = 0) -> dict:
     from ..data.lasso import gaussian_dictionary, sparse_measurements
     from ..train import train
     from ..staged import evaluate_layers, train_staged
-    _threads()
     t0 = time.perf_counter()
     m, n = (100, 200) if quick else (250, 500)
     depth = 6 if quick else 16
