@@ -10,15 +10,6 @@ from unrolled.problems import MLBP
 from unrolled.solve import iterate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: extra threads only add contention on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small(seed=0, n=20, m1=30, m2=25, batch=4):
     rng = np.random.default_rng(seed)
     D1 = rng.standard_normal((n, m1)) / np.sqrt(n)

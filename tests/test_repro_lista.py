@@ -6,20 +6,11 @@ full-run claims are @pytest.mark.slow (``pytest -m slow tests/test_repro_lista.p
 import json
 
 import pytest
-import torch
 
 from unrolled.experiments import available, reproduce
 from unrolled.experiments.moreau import mp_ratio
 
 NAMES = ["moreau-simulated", "moreau-digits", "moreau-coupling", "moreau-marchenko-pastur", "chen-cpss"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_registered():

@@ -226,29 +226,24 @@ def bench_lasso(N: int, n_ref: int, repeat: int, lam: float = 0.1) -> tuple[list
 
     rows, refs = [], []
 
-    def sk_loop():
-        out = np.empty((n_ref, D.shape[1]))
-        for i in range(n_ref):
-            est = SkLasso(alpha=lam / m, fit_intercept=False, tol=float(tols[i]), max_iter=100_000)
-            out[i] = est.fit(D, Yr[i]).coef_
-        return out
+    def per_problem(Estimator):
+        """Fit one estimator per problem, each at its own tolerance."""
+        def run():
+            out = np.empty((n_ref, D.shape[1]))
+            for i in range(n_ref):
+                est = Estimator(alpha=lam / m, fit_intercept=False, tol=float(tols[i]), max_iter=100_000)
+                out[i] = est.fit(D, Yr[i]).coef_
+            return out
+        return run
 
     def sk_multi():
         est = SkLasso(alpha=lam / m, fit_intercept=False, tol=float(tols.min()), max_iter=100_000)
         return est.fit(D, Yr.T).coef_
 
-    baselines = [("sklearn Lasso (loop)", sk_loop), ("sklearn Lasso (multi-target)", sk_multi)]
+    baselines = [("sklearn Lasso (loop)", per_problem(SkLasso)), ("sklearn Lasso (multi-target)", sk_multi)]
     try:
         from celer import Lasso as CelerLasso
-
-        def celer_loop():
-            out = np.empty((n_ref, D.shape[1]))
-            for i in range(n_ref):
-                est = CelerLasso(alpha=lam / m, fit_intercept=False, tol=float(tols[i]), max_iter=100_000)
-                out[i] = est.fit(D, Yr[i]).coef_
-            return out
-
-        baselines.append(("celer Lasso (loop)", celer_loop))
+        baselines.append(("celer Lasso (loop)", per_problem(CelerLasso)))
     except ImportError:
         pass
     with warnings.catch_warnings():
