@@ -267,7 +267,7 @@ def coupling(quick: bool, out: Path, seed: int = 0) -> dict:
         Dm = net.operator.to(torch.float64)
         d, r = [], []
         for t in range(depth):
-            ratio = float(net._alpha(t) / net._beta(t))
+            ratio = float((net._alpha(t) / net._beta(t)).detach())
             W = net.layer_matrix(t).to(torch.float64)
             d.append(float((ratio * W - Dm).norm() / Dm.norm()))
             r.append(ratio)
