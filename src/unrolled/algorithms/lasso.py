@@ -1,6 +1,8 @@
 """Lasso steps: ISTA, FISTA and oracle ISTA (OISTA).
 
-Each layer of the LISTA family is one of these steps with its parameters freed.
+The ISTA update is written once (:func:`ista_step`); the solver methods call it with the
+analytic affine part (:class:`~._common.GradientStep`) and each layer of the LISTA family
+(``nets/lista.py``) with its trainable one.
 """
 from __future__ import annotations
 
@@ -9,7 +11,16 @@ import torch
 from ..operators import DenseOperator
 from ..problems import Lasso
 from .._validate import nonnegative_float
-from ._common import GradientStep, soft_threshold
+from ._common import GradientStep, extrapolate, fista_momentum, restart_test, soft_threshold
+
+
+def ista_step(z, b, affine, theta, *, nonneg: bool = False, keep: int = 0):
+    """z⁺ = η(W z + b, θ)   (ISTA, Daubechies et al. 2004; LISTA, Gregor & LeCun 2010 eq. 3).
+
+    ``affine(z, b)`` computes the affine part (z None: z = 0), η is :func:`soft_threshold`
+    with threshold θ (float or tensor), ``nonneg`` and ``keep`` (support selection).
+    """
+    return soft_threshold(affine(z, b), theta, nonneg=nonneg, keep=keep)
 
 
 class ISTA:
@@ -28,7 +39,7 @@ class ISTA:
         return {"x": z, "b": self.grad_step.offset(Y)}
 
     def step(self, state, k):
-        state["x"] = soft_threshold(self.grad_step(state["x"], state["b"]), self.thresh)
+        state["x"] = ista_step(state["x"], state["b"], self.grad_step, self.thresh)
 
 
 class FISTA(ISTA):
@@ -98,15 +109,10 @@ class FISTA(ISTA):
             low = False
         key = "z" if low else "x"
         z, w, t = state[key], state["w"], state["t"]
-        z_new = soft_threshold((self.grad_low if low else self.grad_step)(w, state["b"]), self.thresh)
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        diff = z_new - z
-        if self.restart:
-            bad = torch.linalg.vecdot(w - z_new, diff).unsqueeze(1) > 0
-            t_next = torch.where(bad, torch.ones_like(t), t_next)
-            t = torch.where(bad, torch.ones_like(t), t)
-        state["w"] = torch.addcmul(z_new, (t - 1) / t_next, diff)  # one fused pass over the batch
-        state[key], state["t"] = z_new, t_next
+        z_new = ista_step(w, state["b"], self.grad_low if low else self.grad_step, self.thresh)
+        state["t"], beta = fista_momentum(t, restart_test(w, z_new, z) if self.restart else None)
+        state["w"] = extrapolate(z_new, z, beta)
+        state[key] = z_new
         if self.polish and k % self.polish == 0:
             self._polish(state, low)
 

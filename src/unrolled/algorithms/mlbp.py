@@ -26,8 +26,9 @@ import torch
 
 from .._validate import as_batch, choice, nonnegative_float
 from ..operators import as_operator
-from ..problems import MLBP, TINY, Lasso, soft
+from ..problems import MLBP, Lasso
 from ..solve import Result, iterate
+from ._common import TINY, extrapolate, fista_momentum, restart_test, soft_threshold
 
 
 def _zeros(problem, Y, X0):
@@ -79,13 +80,9 @@ class MLFISTA(MLISTA):
     def step(self, state, k):
         g, w, t = state["x"], state["w"], state["t"]
         g_new = self.problem.ml_ista_map(w, state["y"])
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        if self.restart:
-            bad = ((w - g_new) * (g_new - g)).sum(1, keepdim=True) > 0
-            t_next = torch.where(bad, torch.ones_like(t), t_next)
-            t = torch.where(bad, torch.ones_like(t), t)
-        state["w"] = g_new + ((t - 1) / t_next) * (g_new - g)
-        state["x"], state["t"] = g_new, t_next
+        state["t"], beta = fista_momentum(t, restart_test(w, g_new, g) if self.restart else None)
+        state["w"] = extrapolate(g_new, g, beta)
+        state["x"] = g_new
 
 
 def _products(problem: MLBP):
@@ -158,14 +155,13 @@ class ADMM:
         alpha, thresh = 1.0 / LM, self.problem.lams[-1] / LM
         w, t, j = g, 1.0, 0
         for j in range(1, self.inner_iter + 1):
-            g_new = soft(w - alpha * (w @ M - b), thresh)
+            g_new = soft_threshold(w - alpha * (w @ M - b), thresh)
             # prox-gradient residual at the point where the gradient was taken (the gradient
             # mapping, for ISTA and FISTA alike), relative to the iterate
             change = (g_new - w).abs().amax(1) / g_new.abs().amax(1).clamp_min(TINY)
             if self.inner == "fista":
-                t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
-                w = g_new + ((t - 1) / t_next) * (g_new - g)
-                t = t_next
+                t, beta = fista_momentum(t)
+                w = extrapolate(g_new, g, beta)
             else:
                 w = g_new
             g = g_new
@@ -184,7 +180,7 @@ class ADMM:
         r2 = s2 = 0.0
         for i, lam in enumerate(self.problem.lams[:-1], start=1):
             Pg = g @ self.P[i].T
-            z = soft(Pg - state[f"u{i}"], lam / rho)
+            z = soft_threshold(Pg - state[f"u{i}"], lam / rho)
             if self.adaptive and k <= self.adapt_until:
                 r2 += float((z - Pg).pow(2).sum())
                 s2 += float((rho * ((z - state[f"z{i}"]) @ self.P[i])).pow(2).sum())
@@ -243,11 +239,10 @@ class LayeredBP:
         for i, (op, lam, a) in enumerate(zip(self.problem.ops, self.problem.lams, self.alphas), start=1):
             z, w, t = state[f"z{i}"], state[f"w{i}"], state[f"t{i}"]
             base = w if self.momentum else z
-            z_new = soft(base - a * op.adjoint(op.forward(base) - target), a * lam)
+            z_new = soft_threshold(base - a * op.adjoint(op.forward(base) - target), a * lam)
             if self.momentum:
-                t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-                state[f"w{i}"] = z_new + ((t - 1) / t_next) * (z_new - z)
-                state[f"t{i}"] = t_next
+                state[f"t{i}"], beta = fista_momentum(t)
+                state[f"w{i}"] = extrapolate(z_new, z, beta)
             state[f"z{i}"] = z_new
             target = z_new
         state["x"] = state[f"z{self.problem.L}"]
