@@ -14,20 +14,12 @@ from unrolled.data.lasso import (bernoulli_gaussian, equiregularization, gaussia
                                  sphere_dictionary)
 from unrolled.metrics import jaccard, lasso_optimum, nmse_db, objective_gap, recovery_error, support_f1
 from unrolled.nets import ALISTA, LISTA, LISTA_CP, SLISTA, LISTAFamily, load
-from unrolled.nets.lista import alista_gain, alista_objective, shrink
+from unrolled.algorithms._common import soft_threshold
+from unrolled.nets.lista import alista_gain, alista_objective
 from unrolled.operators import DenseOperator
 from unrolled.problems import Lasso
 from unrolled.staged import evaluate_layers, train_layerwise, train_staged
 from unrolled.train import train
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny problems: one thread avoids oversubscription on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +108,12 @@ def test_alista_gain_minimises_the_coherence_objective():
 
 def test_shrink_and_support_selection():
     U = torch.tensor([[3.0, -2.0, 0.5, -0.2, 1.5]])
-    assert torch.allclose(shrink(U, 1.0), torch.tensor([[2.0, -1.0, 0.0, 0.0, 0.5]]))
+    assert torch.allclose(soft_threshold(U, 1.0), torch.tensor([[2.0, -1.0, 0.0, 0.0, 0.5]]))
     # the 2 largest |u| above the threshold pass untouched
-    assert torch.allclose(shrink(U, 1.0, keep=2), torch.tensor([[3.0, -2.0, 0.0, 0.0, 0.5]]))
+    assert torch.allclose(soft_threshold(U, 1.0, keep=2), torch.tensor([[3.0, -2.0, 0.0, 0.0, 0.5]]))
     # keep never lets an entry below the threshold through
-    assert torch.allclose(shrink(U, 1.0, keep=5), torch.tensor([[3.0, -2.0, 0.0, 0.0, 1.5]]))
-    assert torch.allclose(shrink(U, 1.0, nonneg=True), torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.5]]))
+    assert torch.allclose(soft_threshold(U, 1.0, keep=5), torch.tensor([[3.0, -2.0, 0.0, 0.0, 1.5]]))
+    assert torch.allclose(soft_threshold(U, 1.0, nonneg=True), torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.5]]))
 
 
 def test_support_selection_schedule_and_effect(small):

@@ -44,7 +44,9 @@ class GradientStep:
     def offset(self, Y: torch.Tensor) -> torch.Tensor:
         return self.alpha * self.pair.adjoint(Y)
 
-    def __call__(self, U: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def __call__(self, U: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+        if U is None:   # x = 0 (a network's first layer): u = b, a copy the prox may overwrite
+            return b.clone()
         if self.W is not None:
             return torch.addmm(b, U, self.W)
         if isinstance(self.pair, DenseOperator) and isinstance(self.alpha, float):
@@ -53,22 +55,25 @@ class GradientStep:
 
 
 class LinearStep:
-    """u ↦ U W + b with b = Y S (rows; W (n, n), S (m, n)): the affine part with every matrix free.
+    """u ↦ U W + b (+ U_prev W_prev) with b = Y S, rows; W (n, n), S (m, n), W_prev (n, n).
 
-    ``U is None`` stands for x = 0 (the first layer): u = b, returned as a copy so that the
-    prox may work in place. ``W`` or ``S`` None drops its term (y entering the first layer only).
+    The affine part with every matrix free (LPGD, LISTA; with ``W_prev`` the momentum form of
+    LAPGD, xie2019 eq. 1.6). ``U is None`` stands for x = 0 (the first layer): u = b, returned as
+    a copy so that the prox may work in place. ``W`` or ``S`` None drops its term (y entering
+    the first layer only).
     """
 
-    def __init__(self, W: torch.Tensor | None, S: torch.Tensor | None):
-        self.W, self.S = W, S
+    def __init__(self, W: torch.Tensor | None, S: torch.Tensor | None, W_prev: torch.Tensor | None = None):
+        self.W, self.S, self.W_prev = W, S, W_prev
 
     def offset(self, Y: torch.Tensor) -> torch.Tensor | None:
         return None if self.S is None else Y @ self.S
 
-    def __call__(self, U, b):
+    def __call__(self, U, b, U_prev=None):
         if U is None or self.W is None:
             return b.clone()
-        return U @ self.W if b is None else torch.addmm(b, U, self.W)
+        u = U @ self.W if b is None else torch.addmm(b, U, self.W)
+        return u if U_prev is None else torch.addmm(u, U_prev, self.W_prev)
 
 
 class NormalPair:

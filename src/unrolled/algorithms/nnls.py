@@ -17,9 +17,13 @@ from ._common import GradientStep, extrapolate, fista_momentum, project_nonnegat
 
 # -- the steps -------------------------------------------------------------------------------------
 
-def pgd_step(x, b, affine):
-    """x⁺ = ReLU(W x + b)   (xie2019 eq. 1.4); ``affine(x, b)`` computes W x + b (x None: x = 0)."""
-    return project_nonnegative(affine(x, b))
+def pgd_step(x, b, affine, *previous):
+    """x⁺ = ReLU(W x + b)   (xie2019 eq. 1.4); ``affine(x, b)`` computes W x + b (x None: x = 0).
+
+    With ``previous`` = (x_{k−1},) it is LAPGD's layer x⁺ = ReLU(W₁x + W₂x_{k−1} + b) (eq. 1.6),
+    ``affine(x, b, x_prev)``; the solver's APGD calls it on the extrapolated point instead.
+    """
+    return project_nonnegative(affine(x, b, *previous))
 
 
 def ogd_step(s, grad, power: int, eta):
