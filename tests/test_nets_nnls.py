@@ -292,3 +292,19 @@ def test_files_saved_before_the_redesign_load_and_give_the_same_outputs(name):
     out = net(torch.as_tensor(ref["Y"])).detach().numpy()
     np.testing.assert_allclose(out, ref[name], rtol=0, atol=1e-12 * max(1.0, np.abs(ref[name]).max()))
     assert np.abs(ref[name]).max() > 0
+
+
+@pytest.mark.parametrize("make", [lambda A: LPGD(A, 4, tied=False), lambda A: LAPGD(A, 4, tied=False),
+                                  lambda A: Vanilla(A, 4, bias=True), lambda A: UPGDM(A, 4), lambda A: LOGD(A, 4),
+                                  lambda A: LPGD(A, 4)])
+def test_layer_parameters_cover_the_net_and_follow_the_protocol(xie, make):
+    from unrolled.protocols import Network
+    net = make(xie[0])
+    assert isinstance(net, Network)
+    seen = {id(p) for t in range(net.depth) for p in net.layer_parameters(t)}
+    assert seen == {id(p) for p in net.parameters()}
+    # layer 0 of an untied net owns no weight that acts on x₀ = 0
+    if not net.tied and hasattr(net, "W1") and isinstance(net, LAPGD):
+        assert all(p is not net.W1[0] for p in net.layer_parameters(0))
+    with pytest.raises(ValueError, match="layer"):
+        net.layer_parameters(net.depth)

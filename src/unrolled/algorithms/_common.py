@@ -135,6 +135,11 @@ def soft_threshold(U: torch.Tensor, theta, *, nonneg: bool = False, keep: int = 
 
 # -- momentum ------------------------------------------------------------------------------------
 
+def momentum_state(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The starting momentum state of rows x: a copy of x and t = 1 per row (batch, 1)."""
+    return x.clone(), torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
+
+
 def fista_momentum(t, restart=None):
     """Beck–Teboulle schedule t⁺ = (1 + √(1 + 4t²))/2 and weight β = (t − 1)/t⁺ (float or per-row tensor).
 

@@ -11,7 +11,7 @@ import torch
 from ..operators import DenseOperator
 from ..problems import Lasso
 from .._validate import nonnegative_float
-from ._common import GradientStep, extrapolate, fista_momentum, restart_test, soft_threshold
+from ._common import GradientStep, extrapolate, fista_momentum, momentum_state, restart_test, soft_threshold
 
 
 def ista_step(z, b, affine, theta, *, nonneg: bool = False, keep: int = 0):
@@ -84,9 +84,7 @@ class FISTA(ISTA):
             state["z"] = state["x"].float()
             state["b"] = state["b"].float()
             state["polished"] = torch.zeros(Y.shape[0], dtype=torch.bool, device=Y.device)
-        z = state.get("z", state["x"])
-        state["w"] = z.clone()
-        state["t"] = torch.ones(Y.shape[0], 1, dtype=z.dtype, device=Y.device)
+        state["w"], state["t"] = momentum_state(state.get("z", state["x"]))
         return state
 
     def sync(self, state):

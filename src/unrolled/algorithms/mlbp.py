@@ -28,7 +28,7 @@ from .._validate import as_batch, choice, nonnegative_float
 from ..operators import as_operator
 from ..problems import MLBP, Lasso
 from ..solve import Result, iterate
-from ._common import TINY, extrapolate, fista_momentum, restart_test, soft_threshold
+from ._common import TINY, extrapolate, fista_momentum, momentum_state, restart_test, soft_threshold
 
 
 def _zeros(problem, Y, X0):
@@ -73,8 +73,7 @@ class MLFISTA(MLISTA):
 
     def init(self, Y, X0):
         state = super().init(Y, X0)
-        state["w"] = state["x"].clone()
-        state["t"] = torch.ones(Y.shape[0], 1, dtype=Y.dtype, device=Y.device)
+        state["w"], state["t"] = momentum_state(state["x"])
         return state
 
     def step(self, state, k):

@@ -12,7 +12,7 @@ import torch
 
 from ..problems import NNLS
 from .._validate import nonnegative_float
-from ._common import GradientStep, extrapolate, fista_momentum, project_nonnegative, restart_test
+from ._common import GradientStep, extrapolate, fista_momentum, momentum_state, project_nonnegative, restart_test
 
 
 # -- the steps -------------------------------------------------------------------------------------
@@ -89,8 +89,7 @@ class APGD(PGD):
 
     def init(self, Y, X0):
         state = super().init(Y, X0)
-        state["x_prev"] = state["x"].clone()
-        state["t"] = torch.ones(Y.shape[0], 1, dtype=Y.dtype, device=Y.device)
+        state["x_prev"], state["t"] = momentum_state(state["x"])
         return state
 
     def step(self, state, k):

@@ -154,6 +154,11 @@ class UnrolledNet(nn.Module):
         count = 1 if self.tied else (self.depth if untied is None else untied)
         return nn.ParameterList([nn.Parameter(make(i)) for i in range(count)])
 
+    def check_layer(self, t: int) -> None:
+        """Raise ValueError unless 0 ≤ t < depth."""
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.depth:
+            raise ValueError(f"layer {t!r} out of range for depth {self.depth}")
+
     def at(self, plist: nn.ParameterList, i: int) -> torch.Tensor:
         """Layer i's entry of a list made by :meth:`layer_list`."""
         return plist[0] if self.tied else plist[i]

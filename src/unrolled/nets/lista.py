@@ -232,8 +232,7 @@ class LISTAFamily(UnrolledNet):
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
         """The parameters that belong to layer t (0-based); tied matrices count in every layer."""
-        if not 0 <= t < self.depth:
-            raise ValueError(f"layer {t} out of range for depth {self.depth}")
+        self.check_layer(t)
         ps = [p[t] for p in (self.a, self.b) if p is not None]
         if self.parametrization == "full":
             ps.append(self.at(self.Wx, t))

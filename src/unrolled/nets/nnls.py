@@ -41,6 +41,7 @@ class _NNLSNet(UnrolledNet):
 
     INITS = ("analytic", "paper", "random")
     TIE_OPTION = True
+    LAYERS: dict = {}   # parameter (list) name → the first layer (0-based) that uses its entry 0
 
     def __init__(self, operator, depth, *, init, tied, seed, **config):
         op = as_operator(operator)
@@ -50,13 +51,37 @@ class _NNLSNet(UnrolledNet):
         """(W, S) = (I − αAᵀA, αAᵀ) of the dense operator."""
         return fused_matrices(self.dense(), alpha)
 
-    def _normal_equation_params(self):
+    def _normal_equation_params(self, step: float) -> nn.ParameterList:
         """W₁ ≈ AᵀA and W₂ ≈ Aᵀ per layer (sen2024 eq. 5–6): exact when analytic, else random at
-        the same scale (‖A‖₂² and ‖A‖₂)."""
+        the same scale (‖A‖₂² and ‖A‖₂); the per-layer steps as ``step_scale`` (a buffer, = step)
+        times gains (returned, init 1), so that Adam's step is relative to the step's scale."""
         A = self.dense()
         L = A.lipschitz
-        return (self.layer_list(lambda k: self.initial(A.gram, random_scale=L / self.n ** 0.5)),
-                self.layer_list(lambda k: self.initial(A.A.T, random_scale=L ** 0.5)))
+        self.W1 = self.layer_list(lambda k: self.initial(A.gram, random_scale=L / self.n ** 0.5))
+        self.W2 = self.layer_list(lambda k: self.initial(A.A.T, random_scale=L ** 0.5))
+        self.register_buffer("step_scale", self.scalar(step))
+        return nn.ParameterList([nn.Parameter(self.scalar(1.0)) for _ in range(self.depth)])
+
+    def layer_parameters(self, t: int) -> list[nn.Parameter]:
+        """The parameters that belong to layer t (0-based); tied or single ones count in every layer using them."""
+        self.check_layer(t)
+        ps = []
+        for name, first in self.LAYERS.items():
+            entries = getattr(self, name)
+            if entries is None or t < first:
+                continue
+            if isinstance(entries, nn.Parameter):
+                ps += [entries] if t == first else []
+            elif len(entries) == 1 or self.tied:
+                ps.append(entries[0])
+            elif t - first < len(entries):
+                ps.append(entries[t - first])
+        return ps
+
+    def _layer_pair(self, k: int) -> tuple[NormalPair, torch.Tensor]:
+        """Layer k's (W₁, W₂) pair and its step."""
+        gains = getattr(self, self.GAINS)
+        return NormalPair(self.at(self.W1, k), self.at(self.W2, k)), self.step_scale * gains[k]
 
 
 class LPGD(_NNLSNet):
@@ -85,6 +110,8 @@ class LPGD(_NNLSNet):
     -------
     ``net(Y)``: X̂ (batch, n) ≥ 0 for Y (batch, m).
     """
+
+    LAYERS = {"W": 1, "S": 0}
 
     def __init__(self, operator, depth: int = 3, *, init: str = "analytic", tied: bool = True, skip: bool = True,
                  step: float | None = None, seed: int = 0):
@@ -136,6 +163,8 @@ class LAPGD(_NNLSNet):
     ``net(Y)``: X̂ (batch, n) ≥ 0 for Y (batch, m).
     """
 
+    LAYERS = {"W1": 1, "W2": 2, "S": 0}
+
     def __init__(self, operator, depth: int = 3, *, init: str = "analytic", tied: bool = True, gamma: float = 0.9,
                  step: float | None = None, seed: int = 0):
         step = _optional_step(step)
@@ -186,6 +215,7 @@ class Vanilla(_NNLSNet):
     """
 
     TIE_OPTION = False
+    LAYERS = {"S": 0, "W": 1, "c": 0}
 
     def __init__(self, operator, depth: int = 3, *, init: str = "paper", bias: bool = False, seed: int = 0):
         if not isinstance(bias, bool):
@@ -217,10 +247,8 @@ class UPGDM(_NNLSNet):
 
     Parameters
     ----------
-    operator : Operator or array (m, n)
-        The measurement operator A (densified).
-    depth : int
-        Number of layers K (default 5).
+    operator, depth : Operator or array (m, n), int
+        A (densified) and the number of layers (default 5).
     init : {"analytic", "random"}
         Analytic: W₁ᵏ = AᵀA, W₂ᵏ = Aᵀ, μ_k = α: layer k = PGD's iterate k.
     tied : bool
@@ -236,26 +264,25 @@ class UPGDM(_NNLSNet):
     """
 
     INITS = ("analytic", "random")
+    GAINS = "mu_gain"
+    LAYERS = {"W1": 0, "W2": 0, "mu_gain": 0}
 
     def __init__(self, operator, depth: int = 5, *, init: str = "analytic", tied: bool = False,
                  step: float | None = None, seed: int = 0):
         step = _optional_step(step)
         super().__init__(operator, depth, init=init, tied=tied, seed=seed, step=step)
         self.alpha = alpha_of(self.problem, step)
-        self.W1, self.W2 = self._normal_equation_params()
-        self.register_buffer("step_scale", self.scalar(self.alpha))
-        self.mu_gain = nn.ParameterList([nn.Parameter(self.scalar(1.0)) for _ in range(self.depth)])
+        self.mu_gain = self._normal_equation_params(self.alpha)
 
     @property
     def mu(self) -> list:
         """The steps μ_k of eq. 5."""
-        return [self.step_scale * g for g in self.mu_gain]
+        return [self._layer_pair(k)[1] for k in range(self.depth)]
 
     def iterates(self, Y, depth):
         s = Y.new_zeros(Y.shape[0], self.n)
         for k in range(depth):
-            grad_step = GradientStep(NormalPair(self.at(self.W1, k), self.at(self.W2, k)),
-                                     self.step_scale * self.mu_gain[k])
+            grad_step = GradientStep(*self._layer_pair(k))
             s = pgd_step(s, grad_step.offset(Y), grad_step)
             yield s
 
@@ -272,10 +299,8 @@ class LOGD(_NNLSNet):
 
     Parameters
     ----------
-    operator : Operator or array (m, n)
-        The measurement operator A (densified).
-    depth : int
-        Number of layers (default 5).
+    operator, depth : Operator or array (m, n), int
+        A (densified) and the number of layers (default 5).
     init : {"analytic", "random"}
         Analytic: W₁ = AᵀA, W₂ = Aᵀ, η_l = ``eta``: layer l equals OGD's iterate l run with
         ``eta`` as a fixed step and ``x0 = init_value``.
@@ -296,6 +321,8 @@ class LOGD(_NNLSNet):
     """
 
     INITS = ("analytic", "random")
+    GAINS = "eta_gain"
+    LAYERS = {"W1": 0, "W2": 0, "eta_gain": 0}
 
     def __init__(self, operator, depth: int = 5, *, init: str = "analytic", tied: bool = False, power: int = 2,
                  eta: float | None = None, init_value: float = 0.1, seed: int = 0):
@@ -308,21 +335,19 @@ class LOGD(_NNLSNet):
                          init_value=init_value)
         self.P, self.init_value = power, init_value
         self.eta0 = 1.0 / (power * self.op.lipschitz) if eta is None else eta
-        self.W1, self.W2 = self._normal_equation_params()
-        self.register_buffer("step_scale", self.scalar(self.eta0))
-        self.eta_gain = nn.ParameterList([nn.Parameter(self.scalar(1.0)) for _ in range(self.depth)])
+        self.eta_gain = self._normal_equation_params(self.eta0)
 
     @property
     def eta(self) -> list:
         """The steps η_l of eq. 6."""
-        return [self.step_scale * g for g in self.eta_gain]
+        return [self._layer_pair(k)[1] for k in range(self.depth)]
 
     def iterates(self, Y, depth):
         P = self.P
         s = Y.new_full((Y.shape[0], self.n), self.init_value).pow(1.0 / P)
         for k in range(depth):
-            pair = NormalPair(self.at(self.W1, k), self.at(self.W2, k))
-            s = ogd_step(s, pair.normal(s.pow(P)) - pair.adjoint(Y), P, self.step_scale * self.eta_gain[k])
+            pair, eta = self._layer_pair(k)
+            s = ogd_step(s, pair.normal(s.pow(P)) - pair.adjoint(Y), P, eta)
             yield s.pow(P)
 
 
