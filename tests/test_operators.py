@@ -52,7 +52,8 @@ def test_conv2d_is_a_convolution():
     op = Conv2dOperator(k, (7, 7), dtype=F64)
     x = torch.zeros(1, 49, dtype=F64)
     x[0, 3 * 7 + 3] = 1.0
-    out = op.forward(x).reshape(op.out_shape)
+    out = op.forward(x).reshape(op.out_shape[1:])
+    assert op.in_shape == (1, 7, 7) and op.out_shape == (1, 7, 7)
     torch.testing.assert_close(out[2:5, 2:5], k)
 
 
@@ -108,7 +109,7 @@ def test_power_iteration_clustered_spectrum():
 
 def test_power_iteration_is_used_above_exact_size(monkeypatch):
     """Dense operators beyond EXACT_NORM_MAX fall back to the iterative estimate."""
-    import unrolled.operators as ops
+    import unrolled.operators.dense as ops
     monkeypatch.setattr(ops, "EXACT_NORM_MAX", 3)
     A = np.random.default_rng(6).standard_normal((30, 20))
     op = DenseOperator(A)
