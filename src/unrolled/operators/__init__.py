@@ -96,6 +96,18 @@ def mutual_coherence(D) -> float:
     return float(G.max())
 
 
-__all__ = ["Operator", "DenseOperator", "Conv2dOperator", "Transpose", "LearnedOperator", "LearnedDense",
-           "LearnedConv2d", "LearnedTranspose", "as_operator", "learned", "from_spec", "power_iteration",
-           "mutual_coherence"]
+__all__ = [
+    "Conv2dOperator",
+    "DenseOperator",
+    "LearnedConv2d",
+    "LearnedDense",
+    "LearnedOperator",
+    "LearnedTranspose",
+    "Operator",
+    "Transpose",
+    "as_operator",
+    "from_spec",
+    "learned",
+    "mutual_coherence",
+    "power_iteration",
+]

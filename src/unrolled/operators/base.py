@@ -40,7 +40,7 @@ class Operator:
         ``unrolled.operators.from_spec(config, tensors)`` rebuilds the operator."""
         raise NotImplementedError
 
-    def to(self, dtype=None, device=None) -> "Operator":  # pragma: no cover - abstract
+    def to(self, dtype=None, device=None) -> Operator:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------
@@ -63,7 +63,7 @@ class Operator:
         return (self.m,)
 
     @property
-    def T(self) -> "Operator":
+    def T(self) -> Operator:
         """The adjoint Aᵀ as an operator (same Lipschitz constant)."""
         return Transpose(self)
 

@@ -48,7 +48,7 @@ class ConvGeometry:
     output_padding: tuple[int, int]
 
     @classmethod
-    def of(cls, kernel_shape, image_shape, stride, padding) -> "ConvGeometry":
+    def of(cls, kernel_shape, image_shape, stride, padding) -> ConvGeometry:
         c_out, c_in, kh, kw = kernel_shape
         if not isinstance(image_shape, (tuple, list)) or len(image_shape) not in (2, 3):
             raise ValueError(f"image_shape must be (H, W) or (C_in, H, W), got {image_shape!r}")
@@ -158,7 +158,7 @@ class Conv2dOperator(ConvShapes, Operator):
         return {"kind": self.kind, **self.geometry.config()}, {"kernel": self.kernel}
 
     @classmethod
-    def from_spec(cls, config: dict, tensors: dict) -> "Conv2dOperator":
+    def from_spec(cls, config: dict, tensors: dict) -> Conv2dOperator:
         return cls(tensors["kernel"], tuple(config["image_shape"]), stride=tuple(config["stride"]),
                    padding=tuple(config["padding"]))
 

@@ -85,7 +85,7 @@ class DenseOperator(Operator):
         return {"kind": self.kind}, {"A": self.A}
 
     @classmethod
-    def from_spec(cls, config: dict, tensors: dict) -> "DenseOperator":
+    def from_spec(cls, config: dict, tensors: dict) -> DenseOperator:
         return cls(tensors["A"])
 
     def to(self, dtype=None, device=None):

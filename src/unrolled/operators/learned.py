@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .base import Operator, TransposeMixin
-from .conv import ConvGeometry, ConvShapes, Conv2dOperator, as_kernel, flipped
+from .conv import Conv2dOperator, ConvGeometry, ConvShapes, as_kernel, flipped
 from .dense import DenseOperator, as_matrix
 
 
@@ -116,7 +116,7 @@ class LearnedDense(LearnedOperator):
         return {"kind": self.kind}, {"weight": self.weight.detach()}
 
     @classmethod
-    def from_spec(cls, config: dict, tensors: dict) -> "LearnedDense":
+    def from_spec(cls, config: dict, tensors: dict) -> LearnedDense:
         return cls(tensors["weight"])
 
 
@@ -156,7 +156,7 @@ class LearnedConv2d(ConvShapes, LearnedOperator):
         return {"kind": self.kind, **self.geometry.config()}, {"weight": self.weight.detach()}
 
     @classmethod
-    def from_spec(cls, config: dict, tensors: dict) -> "LearnedConv2d":
+    def from_spec(cls, config: dict, tensors: dict) -> LearnedConv2d:
         return cls(tensors["weight"], tuple(config["image_shape"]), stride=tuple(config["stride"]),
                    padding=tuple(config["padding"]))
 
