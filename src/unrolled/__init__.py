@@ -3,7 +3,8 @@
 Classical batched solvers (``nnls``, ``lasso``, ``ml_bp``) and the learned networks made
 by unrolling their steps (``unrolled.nets``). See the README for the list and sources.
 """
-from .operators import Conv2dOperator, DenseOperator, Operator, as_operator
+from .operators import (Conv2dOperator, DenseOperator, LearnedConv2d, LearnedDense, LearnedOperator, Operator,
+                        as_operator, learned)
 from .problems import MLBP, NNLS, Lasso
 from .solve import Result
 from .solvers import lasso, nnls
@@ -15,4 +16,5 @@ from .train import TrainHistory, train
 __version__ = "0.1.0"
 
 __all__ = ["nnls", "lasso", "ml_bp", "train", "load", "nets", "data", "metrics", "Result", "TrainHistory",
-           "NNLS", "Lasso", "MLBP", "Operator", "DenseOperator", "Conv2dOperator", "as_operator", "__version__"]
+           "NNLS", "Lasso", "MLBP", "Operator", "DenseOperator", "Conv2dOperator", "as_operator",
+           "LearnedOperator", "LearnedDense", "LearnedConv2d", "learned", "__version__"]
