@@ -338,3 +338,76 @@ def test_objective_gap_against_sklearn():
                     .fit(D.numpy(), Y[i].numpy()).coef_ for i in range(4)])
     g = objective_gap(prob, Zsk, Y.numpy())
     assert isinstance(g, np.ndarray) and np.all(np.abs(g) < 1e-8)
+
+
+# -- nets on operators that are not matrices ----------------------------------------------------
+from unrolled.operators import Conv2dOperator, learned  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def conv():
+    """A two-filter strided convolution's adjoint as the dictionary: codes (2, 4, 4) → images (1, 7, 7)."""
+    gen = torch.Generator().manual_seed(0)
+    kernel = torch.randn(2, 1, 3, 3, generator=gen, dtype=torch.float64)
+    D = Conv2dOperator(kernel, (1, 7, 7), stride=2, padding=1).T
+    X = torch.zeros(6, D.n, dtype=torch.float64)
+    X[:, ::5] = torch.randn(6, len(range(0, D.n, 5)), generator=gen, dtype=torch.float64)
+    return D, D.forward(X)
+
+
+def ista_on(D, Y, lam, K):
+    method = ISTA(Lasso(D, lam))
+    state, out = method.init(Y, None), []
+    for k in range(1, K + 1):
+        method.step(state, k)
+        out.append(state["x"].clone())
+    return out
+
+
+CONV_NETS = [(SLISTA, {}), (LISTA_CP, {}), (LISTA_CP, {"tied": True}), (ALISTA, {"gain": "dictionary"})]
+
+
+@pytest.mark.parametrize("cls,kw", CONV_NETS)
+@pytest.mark.parametrize("on_learned", [False, True])
+def test_nets_on_a_convolution_are_ista_without_densifying(conv, cls, kw, on_learned):
+    D, Y = conv
+    lam, K = 0.05, 8
+    op = learned(D) if on_learned else D
+    net = cls(op, K, lam, **kw)
+    assert not any(t.shape == (D.m, D.n) for t in net.state_dict().values())   # no dense copy of D anywhere
+    with torch.no_grad():
+        outs = net(Y, return_all=True)
+    ref = ista_on(D, Y, lam, K)
+    for t, (a, b) in enumerate(zip(outs, ref), 1):
+        assert float((a - b).abs().max()) <= 1e-10 * max(1.0, float(b.abs().max())), f"layer {t}"
+    assert float(ref[-1].abs().max()) > 0 and float((ref[-1] - ref[0]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("cls,kw", CONV_NETS)
+@pytest.mark.parametrize("on_learned", [False, True])
+def test_conv_nets_save_load_and_move(conv, cls, kw, on_learned, tmp_path):
+    D, Y = conv
+    net = cls(learned(D) if on_learned else D, 4, 0.05, **kw)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    out = net(Y)
+    net2 = load(net.save(tmp_path / "m.safetensors"))
+    assert type(net2.op) is type(net.op) and net2.fingerprint == net.fingerprint
+    assert torch.equal(net2(Y), out)
+    net2.check_operator(D if not on_learned else learned(D))
+    f32 = net2.float()
+    assert f32.op.dtype == torch.float32 and f32.problem.op is f32.op
+    torch.testing.assert_close(f32(Y.float()), out.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_learned_dictionary_gets_gradients_and_images_go_through(conv):
+    D, Y = conv
+    net = SLISTA(learned(D), 3, 0.05)
+    images = Y.reshape(Y.shape[0], *D.out_shape)
+    X = net(images)
+    assert X.shape == (Y.shape[0], *D.in_shape)
+    torch.testing.assert_close(X.reshape(Y.shape[0], -1), net(Y), rtol=0, atol=0)
+    X.pow(2).sum().backward()
+    weight = net.op.base.weight
+    assert weight.grad is not None and float(weight.grad.abs().max()) > 0

@@ -308,3 +308,28 @@ def test_layer_parameters_cover_the_net_and_follow_the_protocol(xie, make):
         assert all(p is not net.W1[0] for p in net.layer_parameters(0))
     with pytest.raises(ValueError, match="layer"):
         net.layer_parameters(net.depth)
+
+
+def test_lpgd_on_a_convolution_densifies_and_is_pgd(tmp_path):
+    """LPGD's W, S are full matrices, so it densifies a Conv2dOperator; its analytic init is PGD on that operator."""
+    from unrolled.operators import Conv2dOperator
+    gen = torch.Generator().manual_seed(1)
+    op = Conv2dOperator(torch.rand(2, 1, 3, 3, generator=gen, dtype=torch.float64), (1, 6, 6), stride=2)
+    X = torch.rand(5, op.n, generator=gen, dtype=torch.float64) * (torch.rand(5, op.n, generator=gen) < 0.2)
+    Y = op.forward(X)
+    net = LPGD(op, K, tied=False)
+    ref = solver_iterates(PGD(NNLS(op)), Y, K)
+    assert_iterates_equal(net(Y, return_all=True), ref)
+    assert float((ref[-1] - ref[0]).abs().max()) > 1e-3
+    images = net(Y.reshape(5, *op.out_shape))
+    assert images.shape == (5, *op.in_shape)
+    assert torch.equal(load(net.save(tmp_path / "conv.safetensors"))(Y), net(Y))
+
+
+def test_solver_methods_follow_the_protocol(xie):
+    from unrolled.protocols import SolverMethod
+    problem = problem_of(xie[0])
+    for method in (PGD(problem), APGD(problem), OGD(problem, kappa=0.5)):
+        assert isinstance(method, SolverMethod)
+    with pytest.raises(TypeError, match="step"):
+        OGD(problem, step=0.5)   # the fraction is called kappa now

@@ -291,7 +291,8 @@ def _saved_operator(tensors: dict, config: dict):
     the operator's spec (its config in ``config["operator"]``, its tensors under ``operator.``)."""
     if "operator" in tensors:
         return DenseOperator(tensors["operator"])
-    spec = {k[len("operator."):]: v for k, v in tensors.items() if k.startswith("operator.")}
+    # a spec names its tensors by their last name component (a learned transpose holds "base.weight")
+    spec = {k.rsplit(".", 1)[-1]: v for k, v in tensors.items() if k.startswith("operator.")}
     return operators.from_spec(config.pop("operator"), spec)
 
 

@@ -170,14 +170,18 @@ class LISTAFamily(UnrolledNet):
         self.parametrization, self.lam, self.nonneg = param, lam, bool(nonneg)
         self.support_selection = bool(support_selection)
         self.ss_percent, self.ss_max = config["ss_percent"], config["ss_max"]
-        self.s0 = self._build_gain(gain) if param == "alista" else 1.0 / self.op.lipschitz
+        s0 = self._build_gain(gain) if param == "alista" else 1.0 / self.op.lipschitz
+        if isinstance(self.op, nn.Module):   # a learned D's L moves with its weights; the step unit must not
+            self.register_buffer("s0", self.scalar(s0))
+        else:
+            self.s0 = s0
         T = self.depth
         like = self.scalar(0.0)
         self.a = nn.ParameterList([_log_step(like) for _ in range(T)]) if param != "full" else None
         self.b = nn.ParameterList([_log_step(like) for _ in range(T)]) if param != "steps" else None
         self.scales = {}
         if param == "full":
-            W_e, W_x = (M.T for M in fused_matrices(self.dense(), self.s0))
+            W_e, W_x = (M.T for M in fused_matrices(self.dense(), s0))
             self.Wx = self._matrices("Wx", W_x)
             self.We = self._matrices("We", W_e, T - 1)
         elif param == "coupled":
