@@ -333,3 +333,20 @@ def test_solver_methods_follow_the_protocol(xie):
         assert isinstance(method, SolverMethod)
     with pytest.raises(TypeError, match="step"):
         OGD(problem, step=0.5)   # the fraction is called kappa now
+
+
+def test_every_registered_net_takes_the_common_signature(xie):
+    """NETS lists public classes only, and each takes (operator, depth, *, init="analytic", tied=...)."""
+    import inspect
+    from unrolled.nets.base import UnrolledNet
+    A = xie[0]
+    assert all(not name.startswith("_") for name in NETS) and UnrolledNet not in NETS.values()
+    for name, cls in NETS.items():
+        if cls.__module__.split(".")[0] != "unrolled":
+            continue   # test doubles defined by other test modules
+        params = inspect.signature(cls).parameters
+        assert list(params)[:2] == ["operator", "depth"], name
+        assert params["init"].kind is inspect.Parameter.KEYWORD_ONLY and "tied" in params, name
+        kw = {"parametrization": "coupled"} if cls.__name__ == "LISTAFamily" else {}
+        net = cls(A, 2, init="analytic", tied=False, **kw)
+        assert net(torch.as_tensor(xie[1][:3])).shape == (3, A.shape[1])

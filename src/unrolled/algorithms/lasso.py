@@ -55,7 +55,7 @@ class FISTA(ISTA):
                  solution on its support where the KKT conditions certify it, for the
                  rows whose support did not change since the previous attempt
                  (:func:`support_polish`), so rows stop once their support is right.
-      precision: ``"float32"`` iterates in float32 (matmuls 2–3× faster on CPU) while the
+      precision: ``"float32"`` iterates in float32 (faster matmuls; see ``unrolled bench``) while the
                  certificate and the polish stay in float64; rows not converged after
                  ``low_iters`` iterations continue in full precision.
     """

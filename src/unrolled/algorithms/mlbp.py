@@ -107,8 +107,8 @@ class ADMM:
     ‖D_(1,L)‖² unless given; with ``adaptive=True`` it is rebalanced by Boyd et al.'s residual
     balancing (§3.4.1: ×2 when the primal residual ‖z − Dγ‖ exceeds 10× the dual one
     ρ‖Dᵀ(z − z_prev)‖, ÷2 in the opposite case, u rescaled) during the first ``adapt_until``
-    iterations, then frozen, so the usual convergence theory applies. The best fixed ρ
-    varied by 50× across λ on the sulam2018 setting, hence the default. Needs dense
+    iterations, then frozen, so the usual convergence theory applies (the best fixed ρ
+    depends strongly on λ, hence the default). Needs dense
     dictionaries. Its certificate is the relative duality gap (F(γ) − D)/F(γ) with the
     analysis duals w_i = −ρu_i, which satisfy |w_i| ≤ λ_i and w_i ∈ λ_i∂‖z_i‖₁ by the
     z-update; it tends to 0 at the minimiser. ``state["inner"]`` counts inner iterations.

@@ -278,29 +278,59 @@ class LISTAFamily(UnrolledNet):
             Z = ista_step(Z, affine.offset(Y), affine, self.lam * self._beta(t), nonneg=self.nonneg, keep=self.keep(t))
             yield Z
 
+_SUBCLASS_SECTIONS = """
+    Parameters
+    ----------
+    operator, depth, lam, init, tied, support_selection, ss_percent, ss_max, nonneg, gain
+        As for :class:`LISTAFamily` (``gain`` for ALISTA only).
+
+    Returns
+    -------
+    ``net(Y)``: codes Ẑ (batch, n) for signals Y (batch, m).
+    """
+
+
+def _family_member(cls):
+    """Append the shared Parameters / Returns sections to a fixed-parametrization subclass's docstring."""
+    cls.__doc__ += _SUBCLASS_SECTIONS
+    return cls
+
+
+@_family_member
 class LISTA(LISTAFamily):
-    """LISTA (Gregor & LeCun 2010): z⁺ = η(W_e⁽ᵗ⁾z + W_x⁽ᵗ⁾x, θ⁽ᵗ⁾), untied (``tied=True``: one W_e, W_x)."""
+    """LISTA (Gregor & LeCun 2010, eq. 3): z⁺ = η(W_e⁽ᵗ⁾z + W_x⁽ᵗ⁾x, θ⁽ᵗ⁾), untied (``tied=True``: one W_e, W_x).
+
+    Holds W_e (n, n) and W_x (m, n), so it densifies the operator.
+    """
 
     PARAMETRIZATION = "full"
 
 
+@_family_member
 class LISTA_CP(LISTAFamily):
     """LISTA-CP (Chen et al. 2018, eq. 10): z⁺ = η(z − α⁽ᵗ⁾W⁽ᵗ⁾ᵀ(Dz − x), θ⁽ᵗ⁾); ``support_selection=True``
-    gives LISTA-CPSS, ``tied=True`` TiLISTA."""
+    gives LISTA-CPSS, ``tied=True`` TiLISTA. W⁽ᵗ⁾ has D's shape: a matrix for a dense D, a learned
+    operator (``operators.learned(D)``) otherwise.
+    """
 
     PARAMETRIZATION = "coupled"
 
 
+@_family_member
 class ALISTA(LISTAFamily):
-    """ALISTA (Liu et al. 2019): z⁺ = η(z − α⁽ᵗ⁾W̃ᵀ(Dz − x), θ⁽ᵗ⁾), W̃ from :func:`alista_gain`;
-    only α⁽ᵗ⁾, θ⁽ᵗ⁾ are learned."""
+    """ALISTA (Liu et al. 2019): z⁺ = η(z − α⁽ᵗ⁾W̃ᵀ(Dz − x), θ⁽ᵗ⁾), W̃ fixed; only α⁽ᵗ⁾, θ⁽ᵗ⁾
+    are learned. W̃ = :func:`alista_gain` (D) (``gain="coherence"``, densifies) or D itself
+    (``gain="dictionary"``, any operator).
+    """
 
     PARAMETRIZATION = "alista"
 
 
+@_family_member
 class SLISTA(LISTAFamily):
     """SLISTA (Ablin, Moreau, Massias & Gramfort 2019; Moreau talk "Restricted parametrization"):
-    z⁺ = ST(z − α⁽ᵗ⁾Dᵀ(Dz − x), λα⁽ᵗ⁾); only the steps α⁽ᵗ⁾ are learned."""
+    z⁺ = ST(z − α⁽ᵗ⁾Dᵀ(Dz − x), λα⁽ᵗ⁾); only the steps α⁽ᵗ⁾ are learned. Runs on any operator.
+    """
 
     PARAMETRIZATION = "steps"
 

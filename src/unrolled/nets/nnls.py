@@ -204,6 +204,8 @@ class Vanilla(_NNLSNet):
         Number of layers K (default 3).
     init : {"paper", "analytic", "random"}
         "analytic" copies PGD's weights (S = αAᵀ, W_k = I − αAᵀA).
+    tied : False
+        Accepted for the common signature; the layers are untied by definition.
     bias : bool
         Add the biases c_k (default False).
     seed : int
@@ -217,9 +219,12 @@ class Vanilla(_NNLSNet):
     TIE_OPTION = False
     LAYERS = {"S": 0, "W": 1, "c": 0}
 
-    def __init__(self, operator, depth: int = 3, *, init: str = "paper", bias: bool = False, seed: int = 0):
+    def __init__(self, operator, depth: int = 3, *, init: str = "paper", tied: bool = False, bias: bool = False,
+                 seed: int = 0):
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be True or False, got {bias!r}")
+        if tied is not False:
+            raise ValueError("Vanilla is untied by definition (xie2019 Table 1): tied must be False")
         super().__init__(operator, depth, init=init, tied=False, seed=seed, bias=bias)
         W0, S0 = self._fused(1.0 / self.op.lipschitz)
         self.S = nn.Parameter(self.initial(S0))
