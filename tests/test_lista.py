@@ -411,3 +411,49 @@ def test_learned_dictionary_gets_gradients_and_images_go_through(conv):
     X.pow(2).sum().backward()
     weight = net.op.base.weight
     assert weight.grad is not None and float(weight.grad.abs().max()) > 0
+
+
+# -- the recipe of CONTRIBUTING.md, followed once: ADMM for the Lasso and LADMM -------------------
+from unrolled.algorithms.lasso import ADMM  # noqa: E402
+from unrolled.nets import LADMM  # noqa: E402
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_ladmm_analytic_is_admm_iterate_for_iterate(small, tied):
+    D, Y = small
+    lam, K = 0.1, 12
+    net = LADMM(D, K, lam, tied=tied)
+    method = ADMM(Lasso(DenseOperator(D), lam))
+    state, ref = method.init(Y, None), []
+    for k in range(1, K + 1):
+        method.step(state, k)
+        ref.append(state["x"].clone())
+    outs = net(Y, return_all=True)
+    for t, (a, b) in enumerate(zip(outs, ref), 1):
+        assert float((a.detach() - b).abs().max()) <= 1e-10 * max(1.0, float(b.abs().max())), f"layer {t}"
+    assert float((ref[-1] - ref[0]).abs().max()) > 1e-3
+    outs[-1].pow(2).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    assert {id(p) for t in range(K) for p in net.layer_parameters(t)} == {id(p) for p in net.parameters()}
+
+
+def test_lasso_admm_solver_reaches_the_fista_solution(small, tmp_path):
+    D, Y = small
+    D = D.double()
+    res = ur.lasso(D, Y, 0.1, method="admm", tol=1e-9, max_iter=20_000)
+    ref = ur.lasso(D, Y, 0.1, method="fista", restart=True, tol=1e-12, max_iter=50_000)
+    assert bool(np.all(res.converged))
+    cert = Lasso(DenseOperator(D), 0.1).certificate(torch.as_tensor(res.x), Y)
+    assert float(cert.max()) <= 1e-9
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-5 * float(ref.x.abs().max()))
+    # ill-conditioned dictionary: still converges, to the same point
+    Dill = D * torch.logspace(0, -3, D.shape[1], dtype=D.dtype)
+    r1 = ur.lasso(Dill, Y, 0.01, method="admm", tol=1e-8, max_iter=50_000)
+    r2 = ur.lasso(Dill, Y, 0.01, method="fista", restart=True, tol=1e-8, max_iter=200_000)
+    assert bool(np.all(r1.converged))
+    obj = Lasso(DenseOperator(Dill), 0.01).objective
+    assert float((obj(r1.x, Y) - obj(r2.x, Y)).abs().max()) <= 1e-6 * float(obj(r2.x, Y).max())
+    net = LADMM(D, 3, 0.1, rho=2.0)
+    assert torch.equal(load(net.save(tmp_path / "ladmm.safetensors"))(Y), net(Y))
+    with pytest.raises(ValueError, match="rho"):
+        ur.lasso(D, Y, 0.1, method="admm", rho=-1.0)

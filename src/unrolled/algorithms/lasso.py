@@ -1,8 +1,8 @@
-"""Lasso steps: ISTA, FISTA and oracle ISTA (OISTA).
+"""Lasso steps: ISTA, FISTA, oracle ISTA (OISTA) and ADMM.
 
-The ISTA update is written once (:func:`ista_step`); the solver methods call it with the
-analytic affine part (:class:`~._common.GradientStep`) and each layer of the LISTA family
-(``nets/lista.py``) with its trainable one.
+The ISTA and ADMM updates are written once (:func:`ista_step`, :func:`admm_step`); the solver
+methods call them with the analytic parameters and each layer of the LISTA family and of LADMM
+(``nets/lista.py``) with its trainable ones.
 """
 from __future__ import annotations
 
@@ -234,3 +234,64 @@ class OISTA(ISTA):
             L_S = L_S.clone()
             L_S[changed] = support_lipschitz(self.D, new_supp[changed])
         state["x"], state["support"], state["L_S"] = y, new_supp, L_S
+
+
+# -- ADMM ------------------------------------------------------------------------------------------
+
+class RidgeSolve:
+    """r ↦ (DᵀD + ρI)⁻¹ r for rows r, from the eigendecomposition DᵀD = V diag(e) Vᵀ computed once;
+    ρ a float or a (trainable) tensor, so the map is differentiable in ρ."""
+
+    def __init__(self, V: torch.Tensor, evals: torch.Tensor):
+        self.V, self.evals = V, evals
+
+    @classmethod
+    def of(cls, op) -> "RidgeSolve":
+        """From the operator D (densified once)."""
+        evals, V = torch.linalg.eigh(DenseOperator(op.matrix().detach()).gram)
+        return cls(V, evals.clamp_min(0))
+
+    def __call__(self, R: torch.Tensor, rho) -> torch.Tensor:
+        return ((R @ self.V) / (self.evals + rho)) @ self.V.T
+
+    def balanced_rho(self) -> float:
+        """√(e_max e_min) over the non-zero eigenvalues e of DᵀD."""
+        e_max = float(self.evals.max())
+        positive = self.evals[self.evals > 1e-12 * e_max]
+        return (e_max * float(positive.min())) ** 0.5 if e_max > 0 else 1.0
+
+
+def admm_step(v, u, aty, solve, rho, theta):
+    """One scaled ADMM iteration for min ½‖Dz − y‖² + λ‖v‖₁ s.t. z = v (Boyd et al. 2011, §6.4):
+
+        z⁺ = (DᵀD + ρI)⁻¹(Dᵀy + ρ(v − u)),   v⁺ = ST(z⁺ + u, θ),   u⁺ = u + z⁺ − v⁺,
+
+    θ = λ/ρ for the solver. ``solve(R, ρ)`` applies (DᵀD + ρI)⁻¹ (:class:`RidgeSolve`). Returns (v⁺, u⁺).
+    """
+    z = solve(aty + rho * (v - u), rho)
+    v_new = soft_threshold(z + u, theta)
+    return v_new, u + z - v_new
+
+
+class ADMM:
+    """ADMM for the Lasso (Boyd, Parikh, Chu, Peleato & Eckstein 2011, §6.4): :func:`admm_step` with a
+    fixed ρ, by default the geometric mean √(e_max e_min) of the largest and smallest non-zero
+    eigenvalues of DᵀD (the choice of Ghadimi, Teixeira, Shames & Johansson 2015 for quadratic
+    problems; it scales with D², so the iterates do not depend on the scale of D). The iterate
+    is v (sparse); the stop rule is the Lasso certificate (relative duality gap) of v.
+    """
+
+    name = "admm"
+
+    def __init__(self, problem: Lasso, rho: float | None = None):
+        self.problem = problem
+        self.solve = RidgeSolve.of(problem.op)
+        self.rho = self.solve.balanced_rho() if rho is None else nonnegative_float(rho, "rho", strict=True)
+
+    def init(self, Y, X0):
+        v = torch.zeros(Y.shape[0], self.problem.op.n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
+        return {"x": v, "u": torch.zeros_like(v), "aty": self.problem.op.adjoint(Y)}
+
+    def step(self, state, k):
+        state["x"], state["u"] = admm_step(state["x"], state["u"], state["aty"], self.solve, self.rho,
+                                           self.problem.lam / self.rho)

@@ -38,7 +38,7 @@ from .._validate import choice, nonnegative_float, positive_int
 from .. import operators
 from ..algorithms._common import (CoupledPair, GradientStep, LinearStep, extrapolate, fista_momentum, fused_matrices,
                                   restart_test)
-from ..algorithms.lasso import ista_step
+from ..algorithms.lasso import ADMM, RidgeSolve, admm_step, ista_step
 from ..operators import DenseOperator, as_operator
 from ..problems import Lasso
 from .base import UnrolledNet
@@ -335,5 +335,65 @@ class SLISTA(LISTAFamily):
     PARAMETRIZATION = "steps"
 
 
-__all__ = ["LISTAFamily", "LISTA", "LISTA_CP", "ALISTA", "SLISTA", "alista_gain", "alista_objective",
+class LADMM(UnrolledNet):
+    """Learned ADMM for the Lasso: layer k is :func:`~unrolled.algorithms.lasso.admm_step` with its
+    penalty ρ_k and threshold θ_k learned (the unrolled ADMM of the recipe in CONTRIBUTING.md):
+
+        z⁺ = (DᵀD + ρ_kI)⁻¹(Dᵀy + ρ_k(v − u)),   v⁺ = ST(z⁺ + u, θ_k),   u⁺ = u + z⁺ − v⁺.
+
+    Stored as ρ_k = ρ₀e^{r_k}, θ_k = (λ/ρ₀)e^{s_k} (r = s = 0 at init), so they stay positive.
+
+    Parameters
+    ----------
+    operator : Operator or array (m, n)
+        The dictionary D (densified: the layer solves with DᵀD + ρI).
+    depth : int
+        Number of layers.
+    lam : float
+        λ (also the third positional argument).
+    init : {"analytic"}
+        ρ_k = ρ₀, θ_k = λ/ρ₀: layer k equals the ADMM solver's iterate k (``ur.lasso(..., method="admm")``).
+    tied : bool
+        One (ρ, θ) for every layer.
+    rho : float, optional
+        ρ₀ (default: the solver's, √(e_max e_min) of DᵀD).
+
+    Returns
+    -------
+    ``net(Y)``: codes V̂ (batch, n) for signals Y (batch, m).
+    """
+
+    TIE_OPTION = True
+
+    def __init__(self, operator, depth: int, lam: float = 0.1, *, init: str = "analytic", tied: bool = False,
+                 rho: float | None = None):
+        lam = nonnegative_float(lam, "lam")
+        op = as_operator(operator)
+        super().__init__(op, depth, Lasso(op, lam), init=init, tied=tied, lam=lam, rho=rho)
+        self.lam = lam
+        admm = ADMM(self.problem, rho=rho)
+        self.rho0 = admm.rho
+        self.register_buffer("ridge_V", admm.solve.V, persistent=False)        # recomputed, but moved by .to()
+        self.register_buffer("ridge_evals", admm.solve.evals, persistent=False)
+        self.log_rho = self.layer_list(lambda k: self.scalar(0.0))
+        self.log_theta = self.layer_list(lambda k: self.scalar(0.0))
+
+    def layer_parameters(self, t: int) -> list[nn.Parameter]:
+        """Layer t's (log ρ, log θ)."""
+        self.check_layer(t)
+        return [self.at(self.log_rho, t), self.at(self.log_theta, t)]
+
+    def iterates(self, Y, depth):
+        solve = RidgeSolve(self.ridge_V, self.ridge_evals)
+        aty = self.op.adjoint(Y)
+        v = Y.new_zeros(Y.shape[0], self.n)
+        u = torch.zeros_like(v)
+        for k in range(depth):
+            rho = self.rho0 * torch.exp(self.at(self.log_rho, k))
+            theta = self.lam / self.rho0 * torch.exp(self.at(self.log_theta, k))
+            v, u = admm_step(v, u, aty, solve, rho, theta)
+            yield v
+
+
+__all__ = ["LISTAFamily", "LISTA", "LISTA_CP", "ALISTA", "SLISTA", "LADMM", "alista_gain", "alista_objective",
            "PARAMETRIZATIONS"]
