@@ -135,6 +135,11 @@ def soft_threshold(U: torch.Tensor, theta, *, nonneg: bool = False, keep: int = 
 
 # -- momentum ------------------------------------------------------------------------------------
 
+def starting_point(Y: torch.Tensor, X0: torch.Tensor | None, n: int) -> torch.Tensor:
+    """The first iterate: a copy of the warm start X0, else zeros (batch, n) in Y's dtype/device."""
+    return torch.zeros(Y.shape[0], n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
+
+
 def momentum_state(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The starting momentum state of rows x: a copy of x and t = 1 per row (batch, 1)."""
     return x.clone(), torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)

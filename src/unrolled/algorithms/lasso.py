@@ -11,7 +11,8 @@ import torch
 from ..operators import DenseOperator
 from ..problems import Lasso
 from .._validate import nonnegative_float
-from ._common import GradientStep, extrapolate, fista_momentum, momentum_state, restart_test, soft_threshold
+from ._common import (GradientStep, extrapolate, fista_momentum, momentum_state, restart_test, soft_threshold,
+                      starting_point)
 
 
 def ista_step(z, b, affine, theta, *, nonneg: bool = False, keep: int = 0):
@@ -35,8 +36,7 @@ class ISTA:
         self.thresh = problem.lam * self.alpha
 
     def init(self, Y, X0):
-        z = torch.zeros(Y.shape[0], self.problem.op.n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
-        return {"x": z, "b": self.grad_step.offset(Y)}
+        return {"x": starting_point(Y, X0, self.problem.op.n), "b": self.grad_step.offset(Y)}
 
     def step(self, state, k):
         state["x"] = ista_step(state["x"], state["b"], self.grad_step, self.thresh)
@@ -223,10 +223,11 @@ class OISTA(ISTA):
         grad = self.problem.op.normal(z) - state["aty"]
         ok = L_S > 0
         step = torch.where(ok, 1.0 / L_S.clamp_min(1e-300), torch.full_like(L_S, self.alpha))[:, None]
-        y = soft_threshold(z - step * grad, self.problem.lam * step)
+        # the ISTA step with a precomputed gradient: its affine part is the shift z + (−s g)
+        y = ista_step(z, -step * grad, torch.add, self.problem.lam * step)
         accept = ok & ~((y != 0) & ~supp).any(1)
         if not bool(accept.all()):
-            fallback = soft_threshold(z - self.alpha * grad, self.thresh)
+            fallback = ista_step(z, -self.alpha * grad, torch.add, self.thresh)
             y = torch.where(accept[:, None], y, fallback)
         new_supp = y != 0
         changed = (new_supp != supp).any(1)
@@ -289,7 +290,7 @@ class ADMM:
         self.rho = self.solve.balanced_rho() if rho is None else nonnegative_float(rho, "rho", strict=True)
 
     def init(self, Y, X0):
-        v = torch.zeros(Y.shape[0], self.problem.op.n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
+        v = starting_point(Y, X0, self.problem.op.n)
         return {"x": v, "u": torch.zeros_like(v), "aty": self.problem.op.adjoint(Y)}
 
     def step(self, state, k):

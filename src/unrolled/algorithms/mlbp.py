@@ -28,12 +28,13 @@ from .._validate import as_batch, choice, nonnegative_float
 from ..operators import as_operator
 from ..problems import MLBP, Lasso
 from ..solve import Result, iterate
-from ._common import TINY, extrapolate, fista_momentum, momentum_state, restart_test, soft_threshold
+from ._common import (TINY, GradientStep, NormalPair, extrapolate, fista_momentum, momentum_state, restart_test,
+                      soft_threshold, starting_point)
+from .lasso import ista_step
 
 
 def _zeros(problem, Y, X0):
-    n = problem.ops[-1].n
-    return torch.zeros(Y.shape[0], n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
+    return starting_point(Y, X0, problem.ops[-1].n)
 
 
 class MLISTA:
@@ -152,9 +153,10 @@ class ADMM:
 
     def _inner(self, g, b, M, LM):
         alpha, thresh = 1.0 / LM, self.problem.lams[-1] / LM
+        quadratic = GradientStep(NormalPair(M, None), alpha)   # the gradient step on ½γᵀMγ − bᵀγ
         w, t, j = g, 1.0, 0
         for j in range(1, self.inner_iter + 1):
-            g_new = soft_threshold(w - alpha * (w @ M - b), thresh)
+            g_new = ista_step(w, alpha * b, quadratic, thresh)
             # prox-gradient residual at the point where the gradient was taken (the gradient
             # mapping, for ISTA and FISTA alike), relative to the iterate
             change = (g_new - w).abs().amax(1) / g_new.abs().amax(1).clamp_min(TINY)
@@ -220,14 +222,12 @@ class LayeredBP:
         self.problem = problem
         self.momentum = bool(momentum)
         self.lassos = [Lasso(op, lam) for op, lam in zip(problem.ops, problem.lams)]
-        self.alphas = [1.0 / max(op.lipschitz, TINY) for op in problem.ops]
+        self.grad_steps = [GradientStep(op, 1.0 / max(op.lipschitz, TINY)) for op in problem.ops]
 
     def init(self, Y, X0):
         L, state = self.problem.L, {"y": Y}
         for i, op in enumerate(self.problem.ops, start=1):
-            z = torch.zeros(Y.shape[0], op.n, dtype=Y.dtype, device=Y.device)
-            if i == L and X0 is not None:
-                z = X0.clone()
+            z = starting_point(Y, X0 if i == L else None, op.n)
             state[f"z{i}"], state[f"w{i}"] = z, z.clone()
             state[f"t{i}"] = torch.ones(Y.shape[0], 1, dtype=Y.dtype, device=Y.device)
         state["x"] = state[f"z{L}"]
@@ -235,10 +235,9 @@ class LayeredBP:
 
     def step(self, state, k):
         target = state["y"]
-        for i, (op, lam, a) in enumerate(zip(self.problem.ops, self.problem.lams, self.alphas), start=1):
+        for i, (grad_step, lam) in enumerate(zip(self.grad_steps, self.problem.lams), start=1):
             z, w, t = state[f"z{i}"], state[f"w{i}"], state[f"t{i}"]
-            base = w if self.momentum else z
-            z_new = soft_threshold(base - a * op.adjoint(op.forward(base) - target), a * lam)
+            z_new = ista_step(w if self.momentum else z, grad_step.offset(target), grad_step, grad_step.alpha * lam)
             if self.momentum:
                 state[f"t{i}"], beta = fista_momentum(t)
                 state[f"w{i}"] = extrapolate(z_new, z, beta)

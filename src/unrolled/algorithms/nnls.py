@@ -12,7 +12,8 @@ import torch
 
 from ..problems import NNLS
 from .._validate import nonnegative_float
-from ._common import GradientStep, extrapolate, fista_momentum, momentum_state, project_nonnegative, restart_test
+from ._common import (GradientStep, extrapolate, fista_momentum, momentum_state, project_nonnegative, restart_test,
+                      starting_point)
 
 
 # -- the steps -------------------------------------------------------------------------------------
@@ -59,8 +60,7 @@ class PGD:
         self.grad_step = GradientStep(problem.op, self.alpha)
 
     def init(self, Y, X0):
-        x = torch.zeros(Y.shape[0], self.problem.op.n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
-        return {"x": x.clamp_(min=0), "b": self.grad_step.offset(Y)}
+        return {"x": starting_point(Y, X0, self.problem.op.n).clamp_(min=0), "b": self.grad_step.offset(Y)}
 
     def step(self, state, k):
         state["x"] = pgd_step(state["x"], state["b"], self.grad_step)
