@@ -457,3 +457,27 @@ def test_lasso_admm_solver_reaches_the_fista_solution(small, tmp_path):
     assert torch.equal(load(net.save(tmp_path / "ladmm.safetensors"))(Y), net(Y))
     with pytest.raises(ValueError, match="rho"):
         ur.lasso(D, Y, 0.1, method="admm", rho=-1.0)
+
+
+def test_problem_follows_the_net_and_is_a_constructor_argument(small):
+    D, Y = small
+    net = SLISTA(D.float(), 3, 0.2)
+    assert net.problem.op is net.op and net.problem.lam == 0.2 and net.problem.op.dtype == torch.float32
+    D_copy = D.float().clone()
+    net2 = LISTA_CP(D_copy, 3, 0.2)
+    D_copy.mul_(2.0)          # the caller's tensor changes: the net keeps its own copy
+    assert torch.equal(net2.problem.op.matrix(), D.float())
+    net.double()
+    assert net.problem.op is net.op and net.op.dtype == torch.float64 and net.problem.lam == 0.2
+    assert net(Y).dtype == torch.float64
+    torch.testing.assert_close(net.problem.objective(net(Y), Y), Lasso(DenseOperator(D), 0.2).objective(net(Y), Y))
+
+
+@pytest.mark.parametrize("cls", [SLISTA, LISTA_CP, LISTA])
+def test_nets_on_a_learned_dense_dictionary_equal_ista_and_reload(small, cls, tmp_path):
+    D, Y = small
+    net = cls(learned(DenseOperator(D)), 6, 0.2)
+    ref = ista_on(DenseOperator(D), Y, 0.2, 6)
+    outs = net(Y, return_all=True)
+    assert max(float((a.detach() - b).abs().max()) for a, b in zip(outs, ref)) <= 1e-10
+    assert torch.equal(load(net.save(tmp_path / "m.safetensors"))(Y), net(Y))

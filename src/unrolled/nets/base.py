@@ -40,6 +40,14 @@ class _SpecBuffers(nn.Module):
         for name, value in tensors.items():
             self.register_buffer(name, value.detach().clone())
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.buffers()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.buffers()).device
+
 
 def _is_learned(op) -> bool:
     return isinstance(op, nn.Module)
@@ -100,18 +108,22 @@ class UnrolledNet(nn.Module):
             op_config, tensors = op.spec()
             self.config["operator"] = op_config
             self.operator = op if _is_learned(op) else _SpecBuffers(tensors)
-        self.__dict__["op"] = op      # not a second registration of a learned operator
-        self.problem = problem
         self.fingerprint = op.fingerprint()   # a learned operator: that of its initial weights
+        self.problem = problem
+        self._bind(op)
+
+    def _bind(self, old) -> None:
+        """Make ``net.op`` the operator held by the net's own state (a buffer, a learned module) and
+        ``net.problem`` a copy of the problem on it, so both follow ``.to()`` / ``.double()``."""
+        self.__dict__["op"] = self._rebuilt_operator(old)   # not a second registration of a learned operator
+        self.problem = copy.copy(self.problem)
+        self.problem.op = self.op
 
     # -- the operator, following .to() / .double() ----------------------------------------------
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        old = self.__dict__.get("op")
-        if old is not None:
-            self.__dict__["op"] = self._rebuilt_operator(old)
-            self.problem = copy.copy(self.problem)
-            self.problem.op = self.op
+        if "op" in self.__dict__:
+            self._bind(self.op)
         return out
 
     def _rebuilt_operator(self, old):
