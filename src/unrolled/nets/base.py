@@ -29,7 +29,6 @@ from ..operators import DenseOperator, as_operator
 
 NETS: dict[str, type] = {}
 FORMAT = "unrolled-net/1"
-INITS = ("analytic", "paper", "random")
 
 
 class _SpecBuffers(nn.Module):
@@ -116,8 +115,9 @@ class UnrolledNet(nn.Module):
         """Make ``net.op`` the operator held by the net's own state (a buffer, a learned module) and
         ``net.problem`` a copy of the problem on it, so both follow ``.to()`` / ``.double()``."""
         self.__dict__["op"] = self._rebuilt_operator(old)   # not a second registration of a learned operator
-        self.problem = copy.copy(self.problem)
-        self.problem.op = self.op
+        if self.problem is not None:
+            self.problem = copy.copy(self.problem)
+            self.problem.op = self.op
 
     # -- the operator, following .to() / .double() ----------------------------------------------
     def _apply(self, fn, *args, **kwargs):

@@ -101,10 +101,6 @@ def alista_gain(D, *, tol: float = 1e-12, max_iter: int = 20_000) -> torch.Tenso
 
 # -- the networks -------------------------------------------------------------------------------
 
-def _log_step(like: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(torch.zeros((), dtype=like.dtype, device=like.device))
-
-
 class LISTAFamily(UnrolledNet):
     """``depth`` ISTA layers with some parameters learned, for the Lasso min_z ½‖Dz − y‖² + λ‖z‖₁.
 
@@ -176,9 +172,8 @@ class LISTAFamily(UnrolledNet):
         else:
             self.s0 = s0
         T = self.depth
-        like = self.scalar(0.0)
-        self.a = nn.ParameterList([_log_step(like) for _ in range(T)]) if param != "full" else None
-        self.b = nn.ParameterList([_log_step(like) for _ in range(T)]) if param != "steps" else None
+        self.a = nn.ParameterList([nn.Parameter(self.scalar(0.0)) for _ in range(T)]) if param != "full" else None
+        self.b = nn.ParameterList([nn.Parameter(self.scalar(0.0)) for _ in range(T)]) if param != "steps" else None
         self.scales = {}
         if param == "full":
             W_e, W_x = (M.T for M in fused_matrices(self.dense(), s0))
