@@ -106,7 +106,7 @@ def test_alista_gain_minimises_the_coherence_objective():
     assert float(C.max()) < ur.operators.mutual_coherence(D)
 
 
-def test_shrink_and_support_selection():
+def test_soft_threshold_and_support_selection():
     U = torch.tensor([[3.0, -2.0, 0.5, -0.2, 1.5]])
     assert torch.allclose(soft_threshold(U, 1.0), torch.tensor([[2.0, -1.0, 0.0, 0.0, 0.5]]))
     # the 2 largest |u| above the threshold pass untouched
@@ -114,6 +114,29 @@ def test_shrink_and_support_selection():
     # keep never lets an entry below the threshold through
     assert torch.allclose(soft_threshold(U, 1.0, keep=5), torch.tensor([[3.0, -2.0, 0.0, 0.0, 1.5]]))
     assert torch.allclose(soft_threshold(U, 1.0, nonneg=True), torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.5]]))
+    # the float path (softshrink) and the tensor path (learned thresholds) agree bit for bit
+    V = torch.randn(50, 7, dtype=torch.float64)
+    assert torch.equal(soft_threshold(V, 0.3), soft_threshold(V, torch.tensor(0.3, dtype=torch.float64)))
+    out = soft_threshold(V, 0.0)
+    assert torch.equal(out, V) and out is not V          # a copy, which a prox may overwrite
+
+
+def test_fista_momentum_floats_tensors_and_restart():
+    from unrolled.algorithms._common import extrapolate, fista_momentum, restart_test
+    t_f, b_f = fista_momentum(1.0)
+    assert t_f == (1 + 5 ** 0.5) / 2 and b_f == 0.0
+    t_f2, b_f2 = fista_momentum(t_f)
+    t = torch.tensor([[t_f], [t_f]], dtype=torch.float64)
+    restart = torch.tensor([[False], [True]])
+    t2, b2 = fista_momentum(t, restart)
+    assert float(t2[0]) == t_f2 and float(b2[0]) == b_f2 and float(t2[1]) == 1.0 and float(b2[1]) == 0.0
+    x, x_new = torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    expected = torch.tensor([[1 + b_f2] * 3, [1.0] * 3], dtype=torch.float64)
+    assert torch.equal(extrapolate(x_new, x, b2), expected)
+    assert torch.equal(extrapolate(x_new, x, b_f2), torch.full((2, 3), 1 + b_f2, dtype=torch.float64))
+    # the gradient test: restart where the step goes against the momentum
+    w = torch.tensor([[2.0, 2.0, 2.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert restart_test(w, x_new, x).squeeze(1).tolist() == [True, False]
 
 
 def test_support_selection_schedule_and_effect(small):
