@@ -24,8 +24,8 @@ from unrolled.train import train
 
 @pytest.fixture(scope="module")
 def small():
-    D = sphere_dictionary(10, 20, seed=1)
-    Y = equiregularization(D, 16, seed=2)
+    D = torch.as_tensor(sphere_dictionary(10, 20, seed=1))
+    Y = torch.as_tensor(equiregularization(D, 16, seed=2))
     return D, Y
 
 
@@ -85,7 +85,7 @@ def test_alista_with_coherence_gain_is_its_own_iteration(small):
 
 
 def test_alista_gain_minimises_the_coherence_objective():
-    D = gaussian_dictionary(20, 50, seed=3)
+    D = torch.as_tensor(gaussian_dictionary(20, 50, seed=3))
     W = alista_gain(D, tol=1e-13)
     # constraint w_iᵀd_i = 1
     assert torch.allclose((W * D).sum(0), torch.ones(50, dtype=D.dtype), atol=1e-10)
@@ -195,8 +195,8 @@ def test_save_load_roundtrip(tmp_path, small, cls, kw):
 
 @pytest.fixture(scope="module")
 def tiny_task():
-    D = sphere_dictionary(8, 16, seed=4)
-    Z = bernoulli_gaussian(300, 16, 0.2, seed=5)
+    D = torch.as_tensor(sphere_dictionary(8, 16, seed=4))
+    Z = torch.as_tensor(bernoulli_gaussian(300, 16, 0.2, seed=5))
     Y = Z @ D.T
     return D.float(), Y.float(), Z.float()
 
@@ -274,28 +274,28 @@ def test_staged_schedule_refines_all_layers(tiny_task):
 # -- data ------------------------------------------------------------------------------------------------
 
 def test_generators():
-    D = sphere_dictionary(64, 256, seed=0)
+    D = torch.as_tensor(sphere_dictionary(64, 256, seed=0))
     assert torch.allclose(D.norm(dim=0), torch.ones(256, dtype=D.dtype))
-    Y = equiregularization(D, 50, seed=1)
+    Y = torch.as_tensor(equiregularization(D, 50, seed=1))
     assert torch.allclose((Y @ D).abs().amax(1), torch.ones(50, dtype=D.dtype))
     assert torch.allclose(Lasso(DenseOperator(D), 0.1).lambda_max(Y), torch.ones(50, dtype=D.dtype))
-    Z = bernoulli_gaussian(2000, 500, 0.1, seed=2)
+    Z = torch.as_tensor(bernoulli_gaussian(2000, 500, 0.1, seed=2))
     assert abs(float((Z != 0).double().mean()) - 0.1) < 0.005
-    A = gaussian_dictionary(250, 500, seed=3)
+    A = torch.as_tensor(gaussian_dictionary(250, 500, seed=3))
     assert torch.allclose(A.norm(dim=0), torch.ones(500, dtype=A.dtype))
-    Yn, Zn = sparse_measurements(A, 400, snr_db=40.0, seed=4)
+    Yn, Zn = map(torch.as_tensor, sparse_measurements(A, 400, snr_db=40.0, seed=4))
     clean = Zn @ A.T
     snr = 10 * math.log10(float(clean.pow(2).sum() / (Yn - clean).pow(2).sum()))
     assert abs(snr - 40.0) < 0.3
     with pytest.raises(ValueError, match="p"):
         bernoulli_gaussian(3, 3, 1.5)
-    assert torch.equal(equiregularization(D, 5, seed=9), equiregularization(D, 5, seed=9))
+    assert np.array_equal(equiregularization(D, 5, seed=9), equiregularization(D, 5, seed=9))
 
 
 def test_digits():
-    X, y = load_digits()
+    X, y = map(torch.as_tensor, load_digits())
     assert X.shape == (1797, 64) and X.max() <= 1 and set(y.tolist()) == set(range(10))
-    D, Ytr, Yte = digits_lasso_data(256, 100, 50, seed=0)
+    D, Ytr, Yte = map(torch.as_tensor, digits_lasso_data(256, 100, 50, seed=0))
     assert D.shape == (64, 256) and Ytr.shape == (100, 64) and Yte.shape == (50, 64)
     assert torch.allclose((Yte @ D).abs().amax(1), torch.ones(50, dtype=D.dtype))
     with pytest.raises(ValueError, match="exceeds"):
@@ -317,7 +317,7 @@ def test_idx_reader(tmp_path):
     assert np.array_equal(read_idx(tmp_path / "f.idx"), f)
     X, lab, shape = load_idx_images(tmp_path / "i.idx", tmp_path / "l.idx.gz")
     assert X.shape == (5, 12) and shape == (4, 3) and lab.tolist() == list(range(5))
-    assert torch.allclose(X[0], torch.from_numpy(imgs[0].reshape(-1) / 255.0).float())
+    assert np.allclose(X[0], imgs[0].reshape(-1) / 255.0)
     (tmp_path / "bad.idx").write_bytes(b"\x01\x02\x08\x01")
     with pytest.raises(ValueError, match="magic"):
         read_idx(tmp_path / "bad.idx")
@@ -351,8 +351,8 @@ def test_metrics_closed_forms():
 
 def test_objective_gap_against_sklearn():
     sklearn = pytest.importorskip("sklearn.linear_model")
-    D = sphere_dictionary(15, 30, seed=7)
-    Y = equiregularization(D, 4, seed=8)
+    D = torch.as_tensor(sphere_dictionary(15, 30, seed=7))
+    Y = torch.as_tensor(equiregularization(D, 4, seed=8))
     lam = 0.2
     prob = Lasso(DenseOperator(D), lam)
     gaps0 = objective_gap(prob, torch.zeros(4, 30, dtype=D.dtype), Y)

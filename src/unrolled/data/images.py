@@ -1,10 +1,11 @@
 """Image data that is available offline: scikit-learn's 8×8 digits, and an IDX reader/writer for
-MNIST / Fashion-MNIST files given a path (nothing is downloaded)."""
+MNIST / Fashion-MNIST files given a path (nothing is downloaded). Images come back as NumPy
+float64 rows, labels as NumPy int64; ``read_idx`` returns the file's own dtype."""
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 import struct
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,48 +59,47 @@ def write_idx(path, array) -> Path:
     return path
 
 
-def load_idx_images(images_path, labels_path=None, *, dtype=torch.float32):
-    """Images from an MNIST/Fashion-MNIST IDX file as rows in [0, 1] (N, H·W), and the labels
-    (int64) when ``labels_path`` is given. Returns (X, labels or None, (H, W))."""
+def load_idx_images(images_path, labels_path=None):
+    """Images from an MNIST/Fashion-MNIST IDX file as float64 rows in [0, 1] (N, H·W), and the
+    labels (int64, (N,)) when ``labels_path`` is given. Returns (X, labels or None, (H, W))."""
     imgs = read_idx(images_path)
     if imgs.ndim != 3:
         raise ValueError(f"{images_path}: expected an (N, H, W) image file, got shape {imgs.shape}")
     N, H, W = imgs.shape
     scale = 255.0 if imgs.dtype == np.uint8 else 1.0
-    X = torch.from_numpy(imgs.reshape(N, H * W).astype(np.float64) / scale).to(dtype)
+    X = imgs.reshape(N, H * W).astype(np.float64) / scale
     labels = None
     if labels_path is not None:
         lab = read_idx(labels_path)
         if lab.shape != (N,):
             raise ValueError(f"{labels_path}: expected {N} labels, got shape {lab.shape}")
-        labels = torch.from_numpy(lab.astype(np.int64))
+        labels = lab.astype(np.int64)
     return X, labels, (H, W)
 
 
-def load_digits(*, dtype=torch.float64):
+def load_digits():
     """scikit-learn's 8×8 digits (1797 images, shipped with scikit-learn, Pedregosa et al. 2011) as
-    rows in [0, 1] of shape (1797, 64), with their labels."""
+    float64 rows in [0, 1] of shape (1797, 64), with their int64 labels (1797,)."""
     try:
         from sklearn.datasets import load_digits as _load
     except ImportError as exc:  # pragma: no cover - scikit-learn is a test/data extra
         raise ImportError("the digits data needs scikit-learn (pip install 'unrolled[data]')") from exc
     d = _load()
-    return torch.from_numpy(d.data / 16.0).to(dtype), torch.from_numpy(d.target.astype(np.int64))
+    return d.data / 16.0, d.target.astype(np.int64)
 
 
-def digits_lasso_data(n_atoms: int = 256, n_train: int = 1000, n_test: int = 300, *, seed: int = 0,
-                      dtype=torch.float64):
+def digits_lasso_data(n_atoms: int = 256, n_train: int = 1000, n_test: int = 300, *, seed: int = 0):
     """Sparse coding of digit images (Moreau talk, "Performance on semi-real datasets").
 
     The images are centred by the mean image. The dictionary D (64, n_atoms) is ``n_atoms``
     images drawn at random, each scaled to unit norm; the signals are the other images,
     each scaled into the equiregularization set (x/‖Dᵀx‖∞, so λ_max = 1).
-    Returns (D, Y_train, Y_test).
+    Returns (D (64, n_atoms), Y_train (n_train, 64), Y_test (n_test, 64)), float64 arrays.
     """
     from .lasso import scale_to_equiregularization
     n_atoms, n_train, n_test = (positive_int(v, k) for v, k in ((n_atoms, "n_atoms"), (n_train, "n_train"),
                                                                 (n_test, "n_test")))
-    X, _ = load_digits(dtype=torch.float64)
+    X = torch.from_numpy(load_digits()[0])
     if n_atoms + n_train + n_test > X.shape[0]:
         raise ValueError(f"n_atoms + n_train + n_test = {n_atoms + n_train + n_test} exceeds the "
                          f"{X.shape[0]} digit images")
@@ -111,7 +111,7 @@ def digits_lasso_data(n_atoms: int = 256, n_train: int = 1000, n_test: int = 300
     rest = rest[rest.norm(dim=1) > 1e-8]
     Y_train = scale_to_equiregularization(D, rest[:n_train])
     Y_test = scale_to_equiregularization(D, rest[n_train:n_train + n_test])
-    return D.to(dtype), Y_train.to(dtype), Y_test.to(dtype)
+    return D.numpy(), Y_train, Y_test
 
 
-__all__ = ["read_idx", "write_idx", "load_idx_images", "load_digits", "digits_lasso_data"]
+__all__ = ["digits_lasso_data", "load_digits", "load_idx_images", "read_idx", "write_idx"]

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .generators import as_matrix
+
 
 class MLSCSignals(NamedTuple):
     y: np.ndarray       # (N, n) noisy measurements
@@ -39,26 +41,13 @@ def mlsc_dictionaries(n: int = 50, m1: int = 70, m2: int = 60, seed: int = 0):
     return D1 / np.linalg.norm(D1, axis=0), D2 / np.linalg.norm(D2, axis=0)
 
 
-def _as_matrix(D, name):
-    try:
-        import torch
-        if isinstance(D, torch.Tensor):
-            D = D.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    D = np.asarray(D, dtype=np.float64)
-    if D.ndim != 2 or 0 in D.shape or not np.isfinite(D).all():
-        raise ValueError(f"{name} must be a finite non-empty 2-D matrix, got shape {D.shape}")
-    return D
-
-
 def mlsc_signals(D1, D2, n_signals: int, s1: int = 42, s2: int = 30, snr_db: float | None = 10.0,
                  seed: int = 0, max_tries: int = 100) -> MLSCSignals:
     """Draw ``n_signals`` two-layer ML-SC signals with ‖γ₁‖₀ = s1, ‖γ₂‖₀ = s2 (see module doc).
 
     ``snr_db=None`` gives noiseless y = x. Returns :class:`MLSCSignals` of NumPy float64 arrays.
     """
-    D1, D2 = _as_matrix(D1, "D1"), _as_matrix(D2, "D2")
+    D1, D2 = as_matrix(D1, "D1"), as_matrix(D2, "D2")
     n, m1 = D1.shape
     if D2.shape[0] != m1:
         raise ValueError(f"D1 has {m1} columns but D2 has {D2.shape[0]} rows")

@@ -194,10 +194,10 @@ def simulated(quick: bool, out: Path, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     depth = 8 if quick else 20
     n_train, n_test = (300, 200) if quick else (2000, 1000)
-    D = sphere_dictionary(64, 256, seed=seed)
-    Ytr = equiregularization(D, n_train, seed=seed + 1)
-    Yval = equiregularization(D, n_test // 2, seed=seed + 2)
-    Yte = equiregularization(D, n_test, seed=seed + 3)
+    D = torch.as_tensor(sphere_dictionary(64, 256, seed=seed))
+    Ytr = torch.as_tensor(equiregularization(D, n_train, seed=seed + 1))
+    Yval = torch.as_tensor(equiregularization(D, n_test // 2, seed=seed + 2))
+    Yte = torch.as_tensor(equiregularization(D, n_test, seed=seed + 3))
     match_iters = 300 if quick else 3000
     per_lam = _lasso_comparison(D, Ytr, Yval, Yte, (0.1, 0.8), depth, epochs_scalar=10 if quick else 100,
                                 epochs_all=5 if quick else 60, seed=seed, match_iters=match_iters)
@@ -225,7 +225,7 @@ def digits(quick: bool, out: Path, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     depth = 8 if quick else 20
     n_train, n_val, n_test = (400, 100, 200) if quick else (1000, 241, 300)
-    D, Yall, Yte = digits_lasso_data(256, n_train + n_val, n_test, seed=seed)
+    D, Yall, Yte = map(torch.as_tensor, digits_lasso_data(256, n_train + n_val, n_test, seed=seed))
     Ytr, Yval = Yall[:n_train], Yall[n_train:]
     match_iters = 300 if quick else 3000
     per_lam = _lasso_comparison(D, Ytr, Yval, Yte, (0.1, 0.8), depth, epochs_scalar=10 if quick else 100,
@@ -254,9 +254,9 @@ def coupling(quick: bool, out: Path, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     depth = 10 if quick else 40
     lam, perturb = 0.1, COUPLING["perturb"]
-    D = sphere_dictionary(10, 20, seed=seed)
-    Ytr = equiregularization(D, 500 if quick else 2000, seed=seed + 1).float()
-    Yval = equiregularization(D, 500, seed=seed + 2).float()
+    D = torch.as_tensor(sphere_dictionary(10, 20, seed=seed))
+    Ytr = torch.as_tensor(equiregularization(D, 500 if quick else 2000, seed=seed + 1)).float()
+    Yval = torch.as_tensor(equiregularization(D, 500, seed=seed + 2)).float()
     net = LISTA_CP(D.float(), depth, lam)
     g = torch.Generator().manual_seed(seed + 5)
     with torch.no_grad():   # start away from the coupled point: W = D + noise (relative RMS `perturb`)
@@ -360,10 +360,10 @@ def marchenko_pastur(quick: bool, out: Path, seed: int = 0) -> dict:
     # SLISTA's learned steps vs 1/L_S on the supports of the Lasso solutions
     depth = 8 if quick else 20
     lam = 0.1
-    D = sphere_dictionary(64, 256, seed=seed)
-    Ytr = equiregularization(D, 400 if quick else 2000, seed=seed + 1)
-    Yval = equiregularization(D, 200 if quick else 500, seed=seed + 2)
-    Yte = equiregularization(D, 200 if quick else 1000, seed=seed + 3)
+    D = torch.as_tensor(sphere_dictionary(64, 256, seed=seed))
+    Ytr = torch.as_tensor(equiregularization(D, 400 if quick else 2000, seed=seed + 1))
+    Yval = torch.as_tensor(equiregularization(D, 200 if quick else 500, seed=seed + 2))
+    Yte = torch.as_tensor(equiregularization(D, 200 if quick else 1000, seed=seed + 3))
     net = SLISTA(D.float(), depth, lam)
     log = _fit_unsupervised(net, Ytr.float(), Yval.float(), epochs_scalar=10 if quick else 100, epochs_all=0,
                             seed=seed)
@@ -434,16 +434,16 @@ def chen_cpss(quick: bool, out: Path, seed: int = 0) -> dict:
     n_train, n_val, n_test = (500, 200, 300) if quick else (1500, 300, 500)
     lam = 0.05
     stages = list(range(1, depth + 1)) if quick else [1, 2, 4, 6, 8, 10, 12, 14, 16]
-    A = gaussian_dictionary(m, n, seed=seed)
+    A = torch.as_tensor(gaussian_dictionary(m, n, seed=seed))
     settings = {"noiseless": None, "SNR 40 dB": 40.0}
     nets_spec = {"LISTA": ("LISTA", {}), "LISTA-CP": ("LISTA-CP", {}),
                  "LISTA-CPSS": ("LISTA-CP", {"support_selection": True}), "ALISTA": ("ALISTA", {})}
     per = {}
     match_iters = 500 if quick else 1000
     for sname, snr in settings.items():
-        Ytr, Ztr = sparse_measurements(A, n_train, snr_db=snr, seed=seed + 11)
-        Yval, Zval = sparse_measurements(A, n_val, snr_db=snr, seed=seed + 12)
-        Yte, Zte = sparse_measurements(A, n_test, snr_db=snr, seed=seed + 13)
+        Ytr, Ztr = map(torch.as_tensor, sparse_measurements(A, n_train, snr_db=snr, seed=seed + 11))
+        Yval, Zval = map(torch.as_tensor, sparse_measurements(A, n_val, snr_db=snr, seed=seed + 12))
+        Yte, Zte = map(torch.as_tensor, sparse_measurements(A, n_test, snr_db=snr, seed=seed + 13))
         ref = {}
         for meth in ("ista", "fista"):
             ref[meth] = _nmse_curve(A, Yte, Zte, lam, meth, match_iters)
