@@ -26,13 +26,19 @@ def fused_matrices(op: DenseOperator, alpha) -> tuple[torch.Tensor, torch.Tensor
 
 
 class GradientStep:
-    """u ↦ u − α P.normal(u) + b, b = α P.adjoint(y): the gradient step on ½‖Ax − y‖².
+    """u = x − α∇f(x) for f = ½‖Ax − y‖²: the affine part of every proximal-gradient step.
 
-    ``pair`` supplies normal(u) ≈ AᵀAu and adjoint(y) ≈ Aᵀy: an :class:`Operator` for the
-    solvers, a :class:`NormalPair` or :class:`CoupledPair` for the networks. For a dense A with
-    n ≤ 2m and a fixed α (no more flops than two products) it is one fused ``addmm`` with
-    W = I − αAᵀA (n × n). ``offset(Y)`` gives b once per problem, so an iteration is one matmul
-    plus elementwise work. α is a float or a (trainable) scalar tensor.
+    ``pair`` gives A: an :class:`Operator` (the solvers), a :class:`CoupledPair` (A kept, its adjoint
+    replaced by a learned gain) or a :class:`NormalPair` (AᵀA and Aᵀ learned). α is a float or a
+    (trainable) scalar tensor. ``offset(Y)`` computes what the step needs of y once per problem,
+    so an iteration is one or two products plus elementwise work, in one of three forms:
+
+    * fused, for a dense A with n ≤ 2m and a fixed α (no more flops than two products):
+      u = x W + b with W = I − αAᵀA (n × n) and b = αAᵀy, one ``addmm``;
+    * residual, for a pair with ``forward`` (any operator, a coupled pair): u = x − αAᵀ(Ax − b) with b = y;
+    * normal, for a :class:`NormalPair`: u = x − α W₁x + b with b = αW₂y.
+
+    ``x`` None stands for x = 0 (a network's first layer).
     """
 
     def __init__(self, pair, alpha):
@@ -40,18 +46,21 @@ class GradientStep:
         self.W = None
         if isinstance(pair, DenseOperator) and isinstance(self.alpha, float) and pair.n <= 2 * pair.m:
             self.W = fused_matrices(pair, self.alpha)[0]
+        self.residual = self.W is None and hasattr(pair, "forward")
 
     def offset(self, Y: torch.Tensor) -> torch.Tensor:
-        return self.alpha * self.pair.adjoint(Y)
+        return Y if self.residual else self.alpha * self.pair.adjoint(Y)
 
     def __call__(self, U: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
-        if U is None:   # x = 0 (a network's first layer): u = b, a copy the prox may overwrite
-            return b.clone()
+        if U is None:   # x = 0: u = αAᵀy (a fresh tensor, which the prox may overwrite)
+            return self.alpha * self.pair.adjoint(b) if self.residual else b.clone()
         if self.W is not None:
             return torch.addmm(b, U, self.W)
+        if not self.residual:
+            return U + b - self.alpha * self.pair.normal(U)
         if isinstance(self.pair, DenseOperator) and isinstance(self.alpha, float):
-            return torch.addmm(U + b, self.pair.forward(U), self.pair.A, alpha=-self.alpha)
-        return U + b - self.alpha * self.pair.normal(U)
+            return torch.addmm(U, self.pair.forward(U) - b, self.pair.A, alpha=-self.alpha)
+        return U - self.alpha * self.pair.adjoint(self.pair.forward(U) - b)
 
 
 class LinearStep:
@@ -90,7 +99,7 @@ class NormalPair:
 
 
 class CoupledPair:
-    """normal(u) = Wᵀ(Au) and adjoint(y) = Wᵀy: the operator A kept, its adjoint replaced by a gain W.
+    """forward(u) = Au and adjoint(r) = Wᵀr: the operator A kept, its adjoint replaced by a gain W.
 
     ``gain`` is an operator of A's shape (applied by its adjoint) or a row-form matrix (m, n)
     (LISTA-CP, ALISTA; Chen et al. 2018 eq. 10). ``A`` is never densified.
@@ -99,11 +108,11 @@ class CoupledPair:
     def __init__(self, op: Operator, gain):
         self.op, self.gain = op, gain
 
+    def forward(self, U):
+        return self.op.forward(U)
+
     def adjoint(self, R):
         return R @ self.gain if isinstance(self.gain, torch.Tensor) else self.gain.adjoint(R)
-
-    def normal(self, U):
-        return self.adjoint(self.op.forward(U))
 
 
 # -- proximal maps -------------------------------------------------------------------------------
