@@ -4,7 +4,7 @@ All solve (or, for layered BP, approximate) P_ML of :class:`unrolled.problems.ML
 
     min_γ ½‖y − D_(1,L)γ‖² + Σ_{i<L} λ_i‖D_(i+1,L)γ‖₁ + λ_L‖γ‖₁     (sulam2018 eq. 6),
 
-on row batches. Method classes follow the protocol of ``algorithms/nnls.py``
+on row batches. Method classes follow :class:`unrolled.protocols.SolverMethod`
 (``__init__(problem, **options)``, ``init(Y, X0) -> state``, ``step(state, k)``,
 ``state["x"]`` = γ_L); :func:`ml_bp` is the public entry point (``unrolled.ml_bp``).
 
