@@ -14,20 +14,12 @@ from unrolled.data.lasso import (bernoulli_gaussian, equiregularization, gaussia
                                  sphere_dictionary)
 from unrolled.metrics import jaccard, lasso_optimum, nmse_db, objective_gap, recovery_error, support_f1
 from unrolled.nets import ALISTA, LISTA, LISTA_CP, SLISTA, LISTAFamily, load
-from unrolled.nets.lista import alista_gain, alista_objective, shrink
+from unrolled.algorithms._common import soft_threshold
+from unrolled.nets.lista import alista_gain, alista_objective
 from unrolled.operators import DenseOperator
 from unrolled.problems import Lasso
 from unrolled.staged import evaluate_layers, train_layerwise, train_staged
 from unrolled.train import train
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny problems: one thread avoids oversubscription on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +106,37 @@ def test_alista_gain_minimises_the_coherence_objective():
     assert float(C.max()) < ur.operators.mutual_coherence(D)
 
 
-def test_shrink_and_support_selection():
+def test_soft_threshold_and_support_selection():
     U = torch.tensor([[3.0, -2.0, 0.5, -0.2, 1.5]])
-    assert torch.allclose(shrink(U, 1.0), torch.tensor([[2.0, -1.0, 0.0, 0.0, 0.5]]))
+    assert torch.allclose(soft_threshold(U, 1.0), torch.tensor([[2.0, -1.0, 0.0, 0.0, 0.5]]))
     # the 2 largest |u| above the threshold pass untouched
-    assert torch.allclose(shrink(U, 1.0, keep=2), torch.tensor([[3.0, -2.0, 0.0, 0.0, 0.5]]))
+    assert torch.allclose(soft_threshold(U, 1.0, keep=2), torch.tensor([[3.0, -2.0, 0.0, 0.0, 0.5]]))
     # keep never lets an entry below the threshold through
-    assert torch.allclose(shrink(U, 1.0, keep=5), torch.tensor([[3.0, -2.0, 0.0, 0.0, 1.5]]))
-    assert torch.allclose(shrink(U, 1.0, nonneg=True), torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.5]]))
+    assert torch.allclose(soft_threshold(U, 1.0, keep=5), torch.tensor([[3.0, -2.0, 0.0, 0.0, 1.5]]))
+    assert torch.allclose(soft_threshold(U, 1.0, nonneg=True), torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.5]]))
+    # the float path (softshrink) and the tensor path (learned thresholds) agree bit for bit
+    V = torch.randn(50, 7, dtype=torch.float64)
+    assert torch.equal(soft_threshold(V, 0.3), soft_threshold(V, torch.tensor(0.3, dtype=torch.float64)))
+    out = soft_threshold(V, 0.0)
+    assert torch.equal(out, V) and out is not V          # a copy, which a prox may overwrite
+
+
+def test_fista_momentum_floats_tensors_and_restart():
+    from unrolled.algorithms._common import extrapolate, fista_momentum, restart_test
+    t_f, b_f = fista_momentum(1.0)
+    assert t_f == (1 + 5 ** 0.5) / 2 and b_f == 0.0
+    t_f2, b_f2 = fista_momentum(t_f)
+    t = torch.tensor([[t_f], [t_f]], dtype=torch.float64)
+    restart = torch.tensor([[False], [True]])
+    t2, b2 = fista_momentum(t, restart)
+    assert float(t2[0]) == t_f2 and float(b2[0]) == b_f2 and float(t2[1]) == 1.0 and float(b2[1]) == 0.0
+    x, x_new = torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    expected = torch.tensor([[1 + b_f2] * 3, [1.0] * 3], dtype=torch.float64)
+    assert torch.equal(extrapolate(x_new, x, b2), expected)
+    assert torch.equal(extrapolate(x_new, x, b_f2), torch.full((2, 3), 1 + b_f2, dtype=torch.float64))
+    # the gradient test: restart where the step goes against the momentum
+    w = torch.tensor([[2.0, 2.0, 2.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert restart_test(w, x_new, x).squeeze(1).tolist() == [True, False]
 
 
 def test_support_selection_schedule_and_effect(small):
@@ -346,3 +361,146 @@ def test_objective_gap_against_sklearn():
                     .fit(D.numpy(), Y[i].numpy()).coef_ for i in range(4)])
     g = objective_gap(prob, Zsk, Y.numpy())
     assert isinstance(g, np.ndarray) and np.all(np.abs(g) < 1e-8)
+
+
+# -- nets on operators that are not matrices ----------------------------------------------------
+from unrolled.operators import Conv2dOperator, learned  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def conv():
+    """A two-filter strided convolution's adjoint as the dictionary: codes (2, 4, 4) → images (1, 7, 7)."""
+    gen = torch.Generator().manual_seed(0)
+    kernel = torch.randn(2, 1, 3, 3, generator=gen, dtype=torch.float64)
+    D = Conv2dOperator(kernel, (1, 7, 7), stride=2, padding=1).T
+    X = torch.zeros(6, D.n, dtype=torch.float64)
+    X[:, ::5] = torch.randn(6, len(range(0, D.n, 5)), generator=gen, dtype=torch.float64)
+    return D, D.forward(X)
+
+
+def ista_on(D, Y, lam, K):
+    method = ISTA(Lasso(D, lam))
+    state, out = method.init(Y, None), []
+    for k in range(1, K + 1):
+        method.step(state, k)
+        out.append(state["x"].clone())
+    return out
+
+
+CONV_NETS = [(SLISTA, {}), (LISTA_CP, {}), (LISTA_CP, {"tied": True}), (ALISTA, {"gain": "dictionary"})]
+
+
+@pytest.mark.parametrize("cls,kw", CONV_NETS)
+@pytest.mark.parametrize("on_learned", [False, True])
+def test_nets_on_a_convolution_are_ista_without_densifying(conv, cls, kw, on_learned):
+    D, Y = conv
+    lam, K = 0.05, 8
+    op = learned(D) if on_learned else D
+    net = cls(op, K, lam, **kw)
+    assert not any(t.shape == (D.m, D.n) for t in net.state_dict().values())   # no dense copy of D anywhere
+    with torch.no_grad():
+        outs = net(Y, return_all=True)
+    ref = ista_on(D, Y, lam, K)
+    for t, (a, b) in enumerate(zip(outs, ref), 1):
+        assert float((a - b).abs().max()) <= 1e-10 * max(1.0, float(b.abs().max())), f"layer {t}"
+    assert float(ref[-1].abs().max()) > 0 and float((ref[-1] - ref[0]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("cls,kw", CONV_NETS)
+@pytest.mark.parametrize("on_learned", [False, True])
+def test_conv_nets_save_load_and_move(conv, cls, kw, on_learned, tmp_path):
+    D, Y = conv
+    net = cls(learned(D) if on_learned else D, 4, 0.05, **kw)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    out = net(Y)
+    net2 = load(net.save(tmp_path / "m.safetensors"))
+    assert type(net2.op) is type(net.op) and net2.fingerprint == net.fingerprint
+    assert torch.equal(net2(Y), out)
+    net2.check_operator(D if not on_learned else learned(D))
+    f32 = net2.float()
+    assert f32.op.dtype == torch.float32 and f32.problem.op is f32.op
+    torch.testing.assert_close(f32(Y.float()), out.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_learned_dictionary_gets_gradients_and_images_go_through(conv):
+    D, Y = conv
+    net = SLISTA(learned(D), 3, 0.05)
+    images = Y.reshape(Y.shape[0], *D.out_shape)
+    X = net(images)
+    assert X.shape == (Y.shape[0], *D.in_shape)
+    torch.testing.assert_close(X.reshape(Y.shape[0], -1), net(Y), rtol=0, atol=0)
+    X.pow(2).sum().backward()
+    weight = net.op.base.weight
+    assert weight.grad is not None and float(weight.grad.abs().max()) > 0
+
+
+# -- the recipe of CONTRIBUTING.md, followed once: ADMM for the Lasso and LADMM -------------------
+from unrolled.algorithms.lasso import ADMM  # noqa: E402
+from unrolled.nets import LADMM  # noqa: E402
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_ladmm_analytic_is_admm_iterate_for_iterate(small, tied):
+    D, Y = small
+    lam, K = 0.1, 12
+    net = LADMM(D, K, lam, tied=tied)
+    method = ADMM(Lasso(DenseOperator(D), lam))
+    state, ref = method.init(Y, None), []
+    for k in range(1, K + 1):
+        method.step(state, k)
+        ref.append(state["x"].clone())
+    outs = net(Y, return_all=True)
+    for t, (a, b) in enumerate(zip(outs, ref), 1):
+        assert float((a.detach() - b).abs().max()) <= 1e-10 * max(1.0, float(b.abs().max())), f"layer {t}"
+    assert float((ref[-1] - ref[0]).abs().max()) > 1e-3
+    outs[-1].pow(2).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    assert {id(p) for t in range(K) for p in net.layer_parameters(t)} == {id(p) for p in net.parameters()}
+
+
+def test_lasso_admm_solver_reaches_the_fista_solution(small, tmp_path):
+    D, Y = small
+    D = D.double()
+    res = ur.lasso(D, Y, 0.1, method="admm", tol=1e-9, max_iter=20_000)
+    ref = ur.lasso(D, Y, 0.1, method="fista", restart=True, tol=1e-12, max_iter=50_000)
+    assert bool(np.all(res.converged))
+    cert = Lasso(DenseOperator(D), 0.1).certificate(torch.as_tensor(res.x), Y)
+    assert float(cert.max()) <= 1e-9
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-5 * float(ref.x.abs().max()))
+    # ill-conditioned dictionary: still converges, to the same point
+    Dill = D * torch.logspace(0, -3, D.shape[1], dtype=D.dtype)
+    r1 = ur.lasso(Dill, Y, 0.01, method="admm", tol=1e-8, max_iter=50_000)
+    r2 = ur.lasso(Dill, Y, 0.01, method="fista", restart=True, tol=1e-8, max_iter=200_000)
+    assert bool(np.all(r1.converged))
+    obj = Lasso(DenseOperator(Dill), 0.01).objective
+    assert float((obj(r1.x, Y) - obj(r2.x, Y)).abs().max()) <= 1e-6 * float(obj(r2.x, Y).max())
+    net = LADMM(D, 3, 0.1, rho=2.0)
+    assert torch.equal(load(net.save(tmp_path / "ladmm.safetensors"))(Y), net(Y))
+    with pytest.raises(ValueError, match="rho"):
+        ur.lasso(D, Y, 0.1, method="admm", rho=-1.0)
+
+
+def test_problem_follows_the_net_and_is_a_constructor_argument(small):
+    D, Y = small
+    net = SLISTA(D.float(), 3, 0.2)
+    assert net.problem.op is net.op and net.problem.lam == 0.2 and net.problem.op.dtype == torch.float32
+    D_copy = D.float().clone()
+    net2 = LISTA_CP(D_copy, 3, 0.2)
+    D_copy.mul_(2.0)          # the caller's tensor changes: the net keeps its own copy
+    assert torch.equal(net2.problem.op.matrix(), D.float())
+    net.double()
+    assert net.problem.op is net.op and net.op.dtype == torch.float64 and net.problem.lam == 0.2
+    assert net(Y).dtype == torch.float64
+    torch.testing.assert_close(net.problem.objective(net(Y), Y), Lasso(DenseOperator(D), 0.2).objective(net(Y), Y))
+
+
+@pytest.mark.parametrize("cls", [SLISTA, LISTA_CP, LISTA])
+def test_nets_on_a_learned_dense_dictionary_equal_ista_and_reload(small, cls, tmp_path):
+    D, Y = small
+    net = cls(learned(DenseOperator(D)), 6, 0.2)
+    ref = ista_on(DenseOperator(D), Y, 0.2, 6)
+    outs = net(Y, return_all=True)
+    assert max(float((a.detach() - b).abs().max()) for a, b in zip(outs, ref)) <= 1e-10
+    assert torch.equal(load(net.save(tmp_path / "m.safetensors"))(Y), net(Y))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ._validate import as_batch, choice, nonnegative_float
-from .algorithms.lasso import FISTA, ISTA, OISTA
+from .algorithms.lasso import ADMM as LassoADMM, FISTA, ISTA, OISTA
 from .algorithms.nnls import APGD, OGD, PGD
 from .algorithms.active_set import ActiveSet
 from .operators import as_operator
@@ -16,7 +16,7 @@ from .problems import NNLS, Lasso
 from .solve import Result, iterate
 
 NNLS_METHODS = {"pgd": PGD, "apgd": APGD, "ogd": OGD, "active-set": ActiveSet}
-LASSO_METHODS = {"ista": ISTA, "fista": FISTA, "oista": OISTA}
+LASSO_METHODS = {"ista": ISTA, "fista": FISTA, "oista": OISTA, "admm": LassoADMM}
 
 
 def _setup(A, Y, x0, *, nonnegative_x0=False, name="A"):

@@ -1,6 +1,8 @@
-"""Lasso steps: ISTA, FISTA and oracle ISTA (OISTA).
+"""Lasso steps: ISTA, FISTA, oracle ISTA (OISTA) and ADMM.
 
-Each layer of the LISTA family is one of these steps with its parameters freed.
+The ISTA and ADMM updates are written once (:func:`ista_step`, :func:`admm_step`); the solver
+methods call them with the analytic parameters and each layer of the LISTA family and of LADMM
+(``nets/lista.py``) with its trainable ones.
 """
 from __future__ import annotations
 
@@ -9,7 +11,17 @@ import torch
 from ..operators import DenseOperator
 from ..problems import Lasso
 from .._validate import nonnegative_float
-from ._common import GradientStep, soft_threshold
+from ._common import (GradientStep, extrapolate, fista_momentum, momentum_state, restart_test, soft_threshold,
+                      starting_point)
+
+
+def ista_step(z, b, affine, theta, *, nonneg: bool = False, keep: int = 0):
+    """z⁺ = η(W z + b, θ)   (ISTA, Daubechies et al. 2004; LISTA, Gregor & LeCun 2010 eq. 3).
+
+    ``affine(z, b)`` computes the affine part (z None: z = 0), η is :func:`soft_threshold`
+    with threshold θ (float or tensor), ``nonneg`` and ``keep`` (support selection).
+    """
+    return soft_threshold(affine(z, b), theta, nonneg=nonneg, keep=keep)
 
 
 class ISTA:
@@ -24,11 +36,10 @@ class ISTA:
         self.thresh = problem.lam * self.alpha
 
     def init(self, Y, X0):
-        z = torch.zeros(Y.shape[0], self.problem.op.n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
-        return {"x": z, "b": self.grad_step.offset(Y)}
+        return {"x": starting_point(Y, X0, self.problem.op.n), "b": self.grad_step.offset(Y)}
 
     def step(self, state, k):
-        state["x"] = soft_threshold(self.grad_step(state["x"], state["b"]), self.thresh)
+        state["x"] = ista_step(state["x"], state["b"], self.grad_step, self.thresh)
 
 
 class FISTA(ISTA):
@@ -44,7 +55,7 @@ class FISTA(ISTA):
                  solution on its support where the KKT conditions certify it, for the
                  rows whose support did not change since the previous attempt
                  (:func:`support_polish`), so rows stop once their support is right.
-      precision: ``"float32"`` iterates in float32 (matmuls 2–3× faster on CPU) while the
+      precision: ``"float32"`` iterates in float32 (faster matmuls; see ``unrolled bench``) while the
                  certificate and the polish stay in float64; rows not converged after
                  ``low_iters`` iterations continue in full precision.
     """
@@ -73,9 +84,7 @@ class FISTA(ISTA):
             state["z"] = state["x"].float()
             state["b"] = state["b"].float()
             state["polished"] = torch.zeros(Y.shape[0], dtype=torch.bool, device=Y.device)
-        z = state.get("z", state["x"])
-        state["w"] = z.clone()
-        state["t"] = torch.ones(Y.shape[0], 1, dtype=z.dtype, device=Y.device)
+        state["w"], state["t"] = momentum_state(state.get("z", state["x"]))
         return state
 
     def sync(self, state):
@@ -98,15 +107,10 @@ class FISTA(ISTA):
             low = False
         key = "z" if low else "x"
         z, w, t = state[key], state["w"], state["t"]
-        z_new = soft_threshold((self.grad_low if low else self.grad_step)(w, state["b"]), self.thresh)
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        diff = z_new - z
-        if self.restart:
-            bad = torch.linalg.vecdot(w - z_new, diff).unsqueeze(1) > 0
-            t_next = torch.where(bad, torch.ones_like(t), t_next)
-            t = torch.where(bad, torch.ones_like(t), t)
-        state["w"] = torch.addcmul(z_new, (t - 1) / t_next, diff)  # one fused pass over the batch
-        state[key], state["t"] = z_new, t_next
+        z_new = ista_step(w, state["b"], self.grad_low if low else self.grad_step, self.thresh)
+        state["t"], beta = fista_momentum(t, restart_test(w, z_new, z) if self.restart else None)
+        state["w"] = extrapolate(z_new, z, beta)
+        state[key] = z_new
         if self.polish and k % self.polish == 0:
             self._polish(state, low)
 
@@ -219,10 +223,11 @@ class OISTA(ISTA):
         grad = self.problem.op.normal(z) - state["aty"]
         ok = L_S > 0
         step = torch.where(ok, 1.0 / L_S.clamp_min(1e-300), torch.full_like(L_S, self.alpha))[:, None]
-        y = soft_threshold(z - step * grad, self.problem.lam * step)
+        # the ISTA step with a precomputed gradient: its affine part is the shift z + (−s g)
+        y = ista_step(z, -step * grad, torch.add, self.problem.lam * step)
         accept = ok & ~((y != 0) & ~supp).any(1)
         if not bool(accept.all()):
-            fallback = soft_threshold(z - self.alpha * grad, self.thresh)
+            fallback = ista_step(z, -self.alpha * grad, torch.add, self.thresh)
             y = torch.where(accept[:, None], y, fallback)
         new_supp = y != 0
         changed = (new_supp != supp).any(1)
@@ -230,3 +235,64 @@ class OISTA(ISTA):
             L_S = L_S.clone()
             L_S[changed] = support_lipschitz(self.D, new_supp[changed])
         state["x"], state["support"], state["L_S"] = y, new_supp, L_S
+
+
+# -- ADMM ------------------------------------------------------------------------------------------
+
+class RidgeSolve:
+    """r ↦ (DᵀD + ρI)⁻¹ r for rows r, from the eigendecomposition DᵀD = V diag(e) Vᵀ computed once;
+    ρ a float or a (trainable) tensor, so the map is differentiable in ρ."""
+
+    def __init__(self, V: torch.Tensor, evals: torch.Tensor):
+        self.V, self.evals = V, evals
+
+    @classmethod
+    def of(cls, op) -> "RidgeSolve":
+        """From the operator D (densified once)."""
+        evals, V = torch.linalg.eigh(DenseOperator(op.matrix().detach()).gram)
+        return cls(V, evals.clamp_min(0))
+
+    def __call__(self, R: torch.Tensor, rho) -> torch.Tensor:
+        return ((R @ self.V) / (self.evals + rho)) @ self.V.T
+
+    def balanced_rho(self) -> float:
+        """√(e_max e_min) over the non-zero eigenvalues e of DᵀD."""
+        e_max = float(self.evals.max())
+        positive = self.evals[self.evals > 1e-12 * e_max]
+        return (e_max * float(positive.min())) ** 0.5 if e_max > 0 else 1.0
+
+
+def admm_step(v, u, aty, solve, rho, theta):
+    """One scaled ADMM iteration for min ½‖Dz − y‖² + λ‖v‖₁ s.t. z = v (Boyd et al. 2011, §6.4):
+
+        z⁺ = (DᵀD + ρI)⁻¹(Dᵀy + ρ(v − u)),   v⁺ = ST(z⁺ + u, θ),   u⁺ = u + z⁺ − v⁺,
+
+    θ = λ/ρ for the solver. ``solve(R, ρ)`` applies (DᵀD + ρI)⁻¹ (:class:`RidgeSolve`). Returns (v⁺, u⁺).
+    """
+    z = solve(aty + rho * (v - u), rho)
+    v_new = soft_threshold(z + u, theta)
+    return v_new, u + z - v_new
+
+
+class ADMM:
+    """ADMM for the Lasso (Boyd, Parikh, Chu, Peleato & Eckstein 2011, §6.4): :func:`admm_step` with a
+    fixed ρ, by default the geometric mean √(e_max e_min) of the largest and smallest non-zero
+    eigenvalues of DᵀD (the choice of Ghadimi, Teixeira, Shames & Johansson 2015 for quadratic
+    problems; it scales with D², so the iterates do not depend on the scale of D). The iterate
+    is v (sparse); the stop rule is the Lasso certificate (relative duality gap) of v.
+    """
+
+    name = "admm"
+
+    def __init__(self, problem: Lasso, rho: float | None = None):
+        self.problem = problem
+        self.solve = RidgeSolve.of(problem.op)
+        self.rho = self.solve.balanced_rho() if rho is None else nonnegative_float(rho, "rho", strict=True)
+
+    def init(self, Y, X0):
+        v = starting_point(Y, X0, self.problem.op.n)
+        return {"x": v, "u": torch.zeros_like(v), "aty": self.problem.op.adjoint(Y)}
+
+    def step(self, state, k):
+        state["x"], state["u"] = admm_step(state["x"], state["u"], state["aty"], self.solve, self.rho,
+                                           self.problem.lam / self.rho)

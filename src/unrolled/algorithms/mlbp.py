@@ -4,7 +4,7 @@ All solve (or, for layered BP, approximate) P_ML of :class:`unrolled.problems.ML
 
     min_γ ½‖y − D_(1,L)γ‖² + Σ_{i<L} λ_i‖D_(i+1,L)γ‖₁ + λ_L‖γ‖₁     (sulam2018 eq. 6),
 
-on row batches. Method classes follow the protocol of ``algorithms/nnls.py``
+on row batches. Method classes follow :class:`unrolled.protocols.SolverMethod`
 (``__init__(problem, **options)``, ``init(Y, X0) -> state``, ``step(state, k)``,
 ``state["x"]`` = γ_L); :func:`ml_bp` is the public entry point (``unrolled.ml_bp``).
 
@@ -26,13 +26,15 @@ import torch
 
 from .._validate import as_batch, choice, nonnegative_float
 from ..operators import as_operator
-from ..problems import MLBP, TINY, Lasso, soft
+from ..problems import MLBP, Lasso
 from ..solve import Result, iterate
+from ._common import (TINY, GradientStep, NormalPair, extrapolate, fista_momentum, momentum_state, restart_test,
+                      soft_threshold, starting_point)
+from .lasso import ista_step
 
 
 def _zeros(problem, Y, X0):
-    n = problem.ops[-1].n
-    return torch.zeros(Y.shape[0], n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
+    return starting_point(Y, X0, problem.ops[-1].n)
 
 
 class MLISTA:
@@ -72,20 +74,15 @@ class MLFISTA(MLISTA):
 
     def init(self, Y, X0):
         state = super().init(Y, X0)
-        state["w"] = state["x"].clone()
-        state["t"] = torch.ones(Y.shape[0], 1, dtype=Y.dtype, device=Y.device)
+        state["w"], state["t"] = momentum_state(state["x"])
         return state
 
     def step(self, state, k):
         g, w, t = state["x"], state["w"], state["t"]
         g_new = self.problem.ml_ista_map(w, state["y"])
-        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        if self.restart:
-            bad = ((w - g_new) * (g_new - g)).sum(1, keepdim=True) > 0
-            t_next = torch.where(bad, torch.ones_like(t), t_next)
-            t = torch.where(bad, torch.ones_like(t), t)
-        state["w"] = g_new + ((t - 1) / t_next) * (g_new - g)
-        state["x"], state["t"] = g_new, t_next
+        state["t"], beta = fista_momentum(t, restart_test(w, g_new, g) if self.restart else None)
+        state["w"] = extrapolate(g_new, g, beta)
+        state["x"] = g_new
 
 
 def _products(problem: MLBP):
@@ -111,8 +108,8 @@ class ADMM:
     ‖D_(1,L)‖² unless given; with ``adaptive=True`` it is rebalanced by Boyd et al.'s residual
     balancing (§3.4.1: ×2 when the primal residual ‖z − Dγ‖ exceeds 10× the dual one
     ρ‖Dᵀ(z − z_prev)‖, ÷2 in the opposite case, u rescaled) during the first ``adapt_until``
-    iterations, then frozen, so the usual convergence theory applies. The best fixed ρ
-    varied by 50× across λ on the sulam2018 setting, hence the default. Needs dense
+    iterations, then frozen, so the usual convergence theory applies (the best fixed ρ
+    depends strongly on λ, hence the default). Needs dense
     dictionaries. Its certificate is the relative duality gap (F(γ) − D)/F(γ) with the
     analysis duals w_i = −ρu_i, which satisfy |w_i| ≤ λ_i and w_i ∈ λ_i∂‖z_i‖₁ by the
     z-update; it tends to 0 at the minimiser. ``state["inner"]`` counts inner iterations.
@@ -156,16 +153,16 @@ class ADMM:
 
     def _inner(self, g, b, M, LM):
         alpha, thresh = 1.0 / LM, self.problem.lams[-1] / LM
+        quadratic = GradientStep(NormalPair(M, None), alpha)   # the gradient step on ½γᵀMγ − bᵀγ
         w, t, j = g, 1.0, 0
         for j in range(1, self.inner_iter + 1):
-            g_new = soft(w - alpha * (w @ M - b), thresh)
+            g_new = ista_step(w, alpha * b, quadratic, thresh)
             # prox-gradient residual at the point where the gradient was taken (the gradient
             # mapping, for ISTA and FISTA alike), relative to the iterate
             change = (g_new - w).abs().amax(1) / g_new.abs().amax(1).clamp_min(TINY)
             if self.inner == "fista":
-                t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
-                w = g_new + ((t - 1) / t_next) * (g_new - g)
-                t = t_next
+                t, beta = fista_momentum(t)
+                w = extrapolate(g_new, g, beta)
             else:
                 w = g_new
             g = g_new
@@ -184,7 +181,7 @@ class ADMM:
         r2 = s2 = 0.0
         for i, lam in enumerate(self.problem.lams[:-1], start=1):
             Pg = g @ self.P[i].T
-            z = soft(Pg - state[f"u{i}"], lam / rho)
+            z = soft_threshold(Pg - state[f"u{i}"], lam / rho)
             if self.adaptive and k <= self.adapt_until:
                 r2 += float((z - Pg).pow(2).sum())
                 s2 += float((rho * ((z - state[f"z{i}"]) @ self.P[i])).pow(2).sum())
@@ -225,14 +222,12 @@ class LayeredBP:
         self.problem = problem
         self.momentum = bool(momentum)
         self.lassos = [Lasso(op, lam) for op, lam in zip(problem.ops, problem.lams)]
-        self.alphas = [1.0 / max(op.lipschitz, TINY) for op in problem.ops]
+        self.grad_steps = [GradientStep(op, 1.0 / max(op.lipschitz, TINY)) for op in problem.ops]
 
     def init(self, Y, X0):
         L, state = self.problem.L, {"y": Y}
         for i, op in enumerate(self.problem.ops, start=1):
-            z = torch.zeros(Y.shape[0], op.n, dtype=Y.dtype, device=Y.device)
-            if i == L and X0 is not None:
-                z = X0.clone()
+            z = starting_point(Y, X0 if i == L else None, op.n)
             state[f"z{i}"], state[f"w{i}"] = z, z.clone()
             state[f"t{i}"] = torch.ones(Y.shape[0], 1, dtype=Y.dtype, device=Y.device)
         state["x"] = state[f"z{L}"]
@@ -240,14 +235,12 @@ class LayeredBP:
 
     def step(self, state, k):
         target = state["y"]
-        for i, (op, lam, a) in enumerate(zip(self.problem.ops, self.problem.lams, self.alphas), start=1):
+        for i, (grad_step, lam) in enumerate(zip(self.grad_steps, self.problem.lams), start=1):
             z, w, t = state[f"z{i}"], state[f"w{i}"], state[f"t{i}"]
-            base = w if self.momentum else z
-            z_new = soft(base - a * op.adjoint(op.forward(base) - target), a * lam)
+            z_new = ista_step(w if self.momentum else z, grad_step.offset(target), grad_step, grad_step.alpha * lam)
             if self.momentum:
-                t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-                state[f"w{i}"] = z_new + ((t - 1) / t_next) * (z_new - z)
-                state[f"t{i}"] = t_next
+                state[f"t{i}"], beta = fista_momentum(t)
+                state[f"w{i}"] = extrapolate(z_new, z, beta)
             state[f"z{i}"] = z_new
             target = z_new
         state["x"] = state[f"z{self.problem.L}"]

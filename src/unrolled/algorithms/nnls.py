@@ -1,7 +1,10 @@
 """NNLS steps: projected gradient (PGD), accelerated PGD (APGD), over-parametrized GD (OGD).
 
-Each method keeps the analytic parameters computed from the operator; ``state`` holds
-per-problem tensors only (leading dimension = batch), so the solver may drop rows.
+Each update is written once as a function of (iterate, offset, affine part), called by the
+solver methods below with the analytic affine part (:class:`~._common.GradientStep`) and by
+the networks of ``nets/nnls.py`` with their trainable one. A method keeps the analytic
+parameters computed from the operator; ``state`` holds per-problem tensors only (leading
+dimension = batch), so the solver may drop rows.
 """
 from __future__ import annotations
 
@@ -9,8 +12,39 @@ import torch
 
 from ..problems import NNLS
 from .._validate import nonnegative_float
-from ._common import GradientStep, fista_momentum
+from ._common import (GradientStep, extrapolate, fista_momentum, momentum_state, project_nonnegative, restart_test,
+                      starting_point)
 
+
+# -- the steps -------------------------------------------------------------------------------------
+
+def pgd_step(x, b, affine, *previous):
+    """x⁺ = ReLU(W x + b)   (xie2019 eq. 1.4); ``affine(x, b)`` computes W x + b (x None: x = 0).
+
+    With ``previous`` = (x_{k−1},) it is LAPGD's layer x⁺ = ReLU(W₁x + W₂x_{k−1} + b) (eq. 1.6),
+    ``affine(x, b, x_prev)``; the solver's APGD calls it on the extrapolated point instead.
+    """
+    return project_nonnegative(affine(x, b, *previous))
+
+
+def ogd_step(s, grad, power: int, eta):
+    """s⁺ = s − η g ⊙ s^{⊙(P−1)}   (sen2024 eq. 3 / 6), g = ∇f(s^{⊙P}) (rows).
+
+    ``eta`` is a number or tensor, or a callable ``eta(s, d)`` of s and d = g ⊙ s^{⊙(P−2)}
+    (OGD's adaptive rule).
+    """
+    d = grad * s.pow(power - 2) if power > 2 else grad
+    if callable(eta):
+        eta = eta(s, d)
+    return s - eta * d * s
+
+
+def alpha_of(problem: NNLS, step) -> float:
+    """The step α: ``step`` if given (> 0), else 1/L with L = ‖A‖₂²."""
+    return 1.0 / problem.op.lipschitz if step is None else nonnegative_float(step, "step", strict=True)
+
+
+# -- the solver methods ----------------------------------------------------------------------------
 
 class PGD:
     """x_{k+1} = ReLU((I − αAᵀA) x_k + αAᵀy) = ReLU(W x_k + S y)   (xie2019 eq. 1.4).
@@ -22,15 +56,14 @@ class PGD:
 
     def __init__(self, problem: NNLS, step: float | None = None):
         self.problem = problem
-        self.alpha = 1.0 / problem.op.lipschitz if step is None else nonnegative_float(step, "step", strict=True)
+        self.alpha = alpha_of(problem, step)
         self.grad_step = GradientStep(problem.op, self.alpha)
 
     def init(self, Y, X0):
-        x = torch.zeros(Y.shape[0], self.problem.op.n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
-        return {"x": x.clamp_(min=0), "b": self.grad_step.offset(Y)}
+        return {"x": starting_point(Y, X0, self.problem.op.n).clamp_(min=0), "b": self.grad_step.offset(Y)}
 
     def step(self, state, k):
-        state["x"] = self.grad_step(state["x"], state["b"]).clamp_(min=0)
+        state["x"] = pgd_step(state["x"], state["b"], self.grad_step)
 
 
 class APGD(PGD):
@@ -56,23 +89,18 @@ class APGD(PGD):
 
     def init(self, Y, X0):
         state = super().init(Y, X0)
-        state["x_prev"] = state["x"].clone()
-        state["t"] = torch.ones(Y.shape[0], 1, dtype=Y.dtype, device=Y.device)
+        state["x_prev"], state["t"] = momentum_state(state["x"])
         return state
 
     def step(self, state, k):
-        x, x_prev, t = state["x"], state["x_prev"], state["t"]
-        if self.momentum == "constant":
-            z = x + self.gamma * (x - x_prev)
-        else:
-            t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-            z = x + ((t - 1) / t_next) * (x - x_prev)
-            state["t"] = t_next
-        x_new = self.grad_step(z, state["b"]).clamp_(min=0)
+        x, t = state["x"], state["t"]
+        beta = self.gamma
+        if self.momentum == "nesterov":
+            state["t"], beta = fista_momentum(t)
+        z = extrapolate(x, state["x_prev"], beta)
+        x_new = pgd_step(z, state["b"], self.grad_step)
         if self.restart:
-            # restart where the step goes against the momentum: (z − x⁺)ᵀ(x⁺ − x) > 0
-            bad = ((z - x_new) * (x_new - x)).sum(1, keepdim=True) > 0
-            state["t"] = torch.where(bad, torch.ones_like(t), state["t"])
+            state["t"] = torch.where(restart_test(z, x_new, x), torch.ones_like(t), state["t"])
         state["x_prev"], state["x"] = x, x_new
 
 
@@ -90,13 +118,13 @@ class OGD:
 
     name = "ogd"
 
-    def __init__(self, problem: NNLS, power: int = 2, step: float = 1.0, init_scale: float = 1e-3,
+    def __init__(self, problem: NNLS, power: int = 2, kappa: float = 1.0, init_scale: float = 1e-3,
                  eta: float | None = None):
         if int(power) != power or power < 2:
             raise ValueError(f"power must be an integer >= 2, got {power!r}")
         if eta is not None and not float(eta) > 0:
             raise ValueError(f"eta must be a positive number, got {eta!r}")
-        self.problem, self.P, self.kappa, self.init_scale = problem, int(power), float(step), float(init_scale)
+        self.problem, self.P, self.kappa, self.init_scale = problem, int(power), float(kappa), float(init_scale)
         self.eta = None if eta is None else float(eta)
         self.L = problem.op.lipschitz
 
@@ -111,15 +139,12 @@ class OGD:
         s = x0.pow(1.0 / self.P).clone()
         return {"s": s, "x": s.pow(self.P), "aty": op.adjoint(Y)}
 
+    def adaptive_eta(self, s, d):
+        """κ/(P max(L‖s‖∞^{2P−2}, ‖d‖∞)): |η d| ≤ κ/P < 1 keeps s > 0 (x = s^P ≥ 0 for odd P)."""
+        curv = self.L * s.abs().amax(1, keepdim=True) ** (2 * self.P - 2)
+        return self.kappa / (self.P * torch.maximum(curv, d.abs().amax(1, keepdim=True)).clamp_min(1e-300))
+
     def step(self, state, k):
-        s, op, P = state["s"], self.problem.op, self.P
-        grad = op.normal(state["x"]) - state["aty"]
-        sp = s.pow(P - 2) if P > 2 else torch.ones_like(s)
-        if self.eta is not None:
-            eta = self.eta
-        else:
-            # also cap the multiplicative factor: |η g s^{P−2}| ≤ κ/P < 1 keeps s > 0 (x = s^P ≥ 0 for odd P)
-            curv = self.L * s.abs().amax(1, keepdim=True) ** (2 * P - 2)
-            eta = self.kappa / (P * torch.maximum(curv, (grad * sp).abs().amax(1, keepdim=True)).clamp_min(1e-300))
-        s = s - eta * grad * sp * s
-        state["s"], state["x"] = s, s.pow(P)
+        grad = self.problem.op.normal(state["x"]) - state["aty"]
+        s = ogd_step(state["s"], grad, self.P, self.adaptive_eta if self.eta is None else self.eta)
+        state["s"], state["x"] = s, s.pow(self.P)

@@ -1,11 +1,10 @@
 """Unrolled networks: each layer is one solver step with its parameters made trainable.
 
-Every class registers itself in ``NETS`` (by class name) so that ``unrolled.load`` can
-rebuild it from a saved file.
+Every public class registers itself in ``NETS`` (by class name) so that ``unrolled.load`` can
+rebuild it from a saved file; every registered class of these modules is exported here.
 """
+from . import lista, nnls  # noqa: F401  (importing a module registers its nets)
 from .base import NETS, UnrolledNet, load
-from .nnls import LAPGD, LOGD, LPGD, UPGDM, Vanilla
-from .lista import ALISTA, LISTA, LISTA_CP, SLISTA, LISTAFamily
 
-__all__ = ["NETS", "UnrolledNet", "load", "LPGD", "LAPGD", "Vanilla", "UPGDM", "LOGD", "LISTA", "LISTA_CP",
-           "ALISTA", "SLISTA", "LISTAFamily"]
+globals().update({name: cls for name, cls in NETS.items() if cls.__module__.startswith(__name__)})
+__all__ = ["NETS", "UnrolledNet", "load", *NETS]

@@ -1,12 +1,19 @@
-"""The base of every unrolled network: depth copies of a solver step, tied to an operator.
+"""The base of every unrolled network: depth copies of a solver step, on any operator.
 
 A subclass builds its parameters in ``__init__`` and yields one iterate per layer in
-``iterates(Y)``. The base validates inputs, remembers the operator (its matrix as a
-buffer and a fingerprint), and saves/loads itself as safetensors + JSON metadata,
-written atomically and checked by a digest on load. Loading never unpickles.
+``iterates(Y, depth)`` (the network contract, :class:`unrolled.protocols.Network`). The base
+validates inputs, holds the operator (``net.op``) and the problem (``net.problem``) so that both
+follow ``.to()``/``.double()``, offers the shared per-layer parameter lists and initialisations,
+and saves/loads itself as safetensors + JSON metadata, written atomically and checked by a digest
+on load. Loading never unpickles.
+
+The operator is stored in the state dict: a dense matrix as the buffer ``operator`` (the format of
+every file saved so far), another fixed operator as the buffers of ``operator`` (its ``spec()``
+tensors), a learned operator as the submodule ``operator`` (its weights are the net's parameters).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -16,36 +23,118 @@ import tempfile
 import torch
 from torch import nn
 
-from .._validate import as_batch, positive_int
+from .._validate import as_batch, choice, positive_int
+from .. import operators
 from ..operators import DenseOperator, as_operator
 
 NETS: dict[str, type] = {}
 FORMAT = "unrolled-net/1"
 
 
+class _SpecBuffers(nn.Module):
+    """The tensors of a fixed operator's ``spec()`` as buffers (so they follow ``.to()`` and save)."""
+
+    def __init__(self, tensors: dict):
+        super().__init__()
+        for name, value in tensors.items():
+            self.register_buffer(name, value.detach().clone())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.buffers()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.buffers()).device
+
+
+def _is_learned(op) -> bool:
+    return isinstance(op, nn.Module)
+
+
 class UnrolledNet(nn.Module):
     """``depth`` layers, layer k computing iterate k of the unrolled algorithm.
 
-    Subclasses call ``super().__init__(A, depth, problem, **config)`` where ``config`` holds
-    the JSON-serialisable constructor arguments (everything but ``A``), and define
+    Subclasses call ``super().__init__(operator, depth, problem, init=init, tied=tied, **config)``
+    where ``config`` holds the other JSON-serialisable constructor arguments, and define
     ``iterates(Y, depth)`` yielding x₁, …, x_depth for a (batch, m) tensor ``Y``.
+
+    Parameters
+    ----------
+    operator : Operator or array (m, n)
+        The forward operator A; any :class:`~unrolled.operators.Operator` (never densified here).
+    depth : int
+        Number of layers K.
+    problem : object with ``objective`` / ``certificate`` and an ``op`` attribute
+        The problem the net approximates (``NNLS(op)``, ``Lasso(op, λ)``); rebuilt on the moved
+        operator by ``.to()`` / ``.double()``.
+    init : str
+        "analytic" (the solver's parameters) or one of ``INITS`` the class allows.
+    tied : bool
+        One set of weights shared by every layer, or one per layer.
+    seed : int
+        Seed of the random initialisations.
     """
+
+    INITS: tuple = ("analytic",)
+    TIE_OPTION = False   # whether ``tied`` is a constructor argument (saved in the config)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        NETS[cls.__name__] = cls
+        if not cls.__name__.startswith("_"):
+            NETS[cls.__name__] = cls
 
-    def __init__(self, A, depth: int, problem=None, **config):
+    def __init__(self, operator, depth: int, problem, *, init: str = "analytic", tied: bool = False,
+                 seed: int = 0, **config):
         super().__init__()
-        op = as_operator(A)
-        if not isinstance(op, DenseOperator):
-            op = DenseOperator(op.matrix())
-        self.op = op
+        choice(init, "init", self.INITS)
+        if not isinstance(tied, bool):
+            raise TypeError(f"tied must be True or False, got {tied!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        op = as_operator(operator)
         self.depth = positive_int(depth, "depth")
-        self.problem = problem
+        self.init, self.tied = init, tied
+        self._gen = torch.Generator().manual_seed(seed)
+        if self.TIE_OPTION:
+            config["tied"] = tied
+        if len(self.INITS) > 1:   # (a class with one init keeps the config of its older files)
+            config.update(init=init, seed=seed)
         self.config = {"depth": self.depth, **config}
-        self.register_buffer("operator", op.A.detach().clone())
-        self.fingerprint = op.fingerprint()
+        if isinstance(op, DenseOperator):
+            self.register_buffer("operator", op.A.detach().clone())
+        else:
+            op_config, tensors = op.spec()
+            self.config["operator"] = op_config
+            self.operator = op if _is_learned(op) else _SpecBuffers(tensors)
+        self.fingerprint = op.fingerprint()   # a learned operator: that of its initial weights
+        self.problem = problem
+        self._bind(op)
+
+    def _bind(self, old) -> None:
+        """Make ``net.op`` the operator held by the net's own state (a buffer, a learned module) and
+        ``net.problem`` a copy of the problem on it, so both follow ``.to()`` / ``.double()``."""
+        self.__dict__["op"] = self._rebuilt_operator(old)   # not a second registration of a learned operator
+        if self.problem is not None:
+            self.problem = copy.copy(self.problem)
+            self.problem.op = self.op
+
+    # -- the operator, following .to() / .double() ----------------------------------------------
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        if "op" in self.__dict__:
+            self._bind(self.op)
+        return out
+
+    def _rebuilt_operator(self, old):
+        if _is_learned(old):
+            return old
+        if isinstance(old, DenseOperator):
+            op = DenseOperator(self.operator)
+        else:
+            op = operators.from_spec(self.config["operator"], dict(self.operator.named_buffers()))
+        op._lipschitz = old._lipschitz
+        return op
 
     @property
     def m(self) -> int:
@@ -55,23 +144,82 @@ class UnrolledNet(nn.Module):
     def n(self) -> int:
         return self.op.n
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.op.dtype
+
+    def dense(self) -> DenseOperator:
+        """The operator as a dense matrix, for the parametrizations that need one (LISTA's W_e, LPGD's W)."""
+        if isinstance(self.op, DenseOperator):
+            return self.op
+        op = DenseOperator(self.op.matrix().detach())
+        op._lipschitz = self.op.lipschitz
+        return op
+
+    # -- per-layer parameters ---------------------------------------------------------------------
+    def layer_list(self, make, untied: int | None = None) -> nn.ParameterList:
+        """One parameter (tied) or ``untied`` (default: depth) of them, the i-th ``make(i)``.
+
+        Untied weights that act on x₀ = 0 would never be used, so e.g. LPGD keeps
+        depth − 1 matrices W (layers 2..K) and depth matrices S.
+        """
+        count = 1 if self.tied else (self.depth if untied is None else untied)
+        return nn.ParameterList([nn.Parameter(make(i)) for i in range(count)])
+
+    def check_layer(self, t: int) -> None:
+        """Raise ValueError unless 0 ≤ t < depth."""
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.depth:
+            raise ValueError(f"layer {t!r} out of range for depth {self.depth}")
+
+    def at(self, plist: nn.ParameterList, i: int) -> torch.Tensor:
+        """Layer i's entry of a list made by :meth:`layer_list`."""
+        return plist[0] if self.tied else plist[i]
+
+    def initial(self, analytic: torch.Tensor, *, symmetric: bool = False, random_scale: float = 1.0) -> torch.Tensor:
+        """The starting value of a weight whose analytic value is ``analytic``, by ``self.init``:
+
+        "analytic" — a copy; "paper" — xie2019 §3.1, i.i.d. U[0, 0.001], mirrored from the upper
+        triangle when ``symmetric``; "random" — i.i.d. N(0, 1/fan_in) times ``random_scale``.
+        """
+        rows, cols = analytic.shape
+        if self.init == "analytic":
+            return analytic.detach().clone()
+        if self.init == "paper":
+            R = torch.rand(rows, cols, generator=self._gen, dtype=torch.float64) * 1e-3
+            if symmetric:
+                R = torch.triu(R) + torch.triu(R, 1).T
+        else:
+            R = torch.randn(rows, cols, generator=self._gen, dtype=torch.float64) / cols ** 0.5 * random_scale
+        return R.to(dtype=analytic.dtype, device=analytic.device)
+
+    def scalar(self, value: float) -> torch.Tensor:
+        return torch.tensor(float(value), dtype=self.dtype, device=self.op.device)
+
+    # -- running --------------------------------------------------------------------------------
     def iterates(self, Y: torch.Tensor, depth: int):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, Y, *, depth: int | None = None, return_all: bool = False):
         """x̂ = the last layer's output for rows ``Y`` (batch, m); a vector gives a vector.
 
+        When the operator's ``out_shape`` is an image shape (C, H, W), ``Y`` may be a batch of
+        images (batch, C, H, W); the outputs then have shape (batch, *in_shape).
         ``depth`` runs only the first layers (nested networks); ``return_all`` returns the
         list of every layer's output.
         """
         depth = self.depth if depth is None else positive_int(depth, "depth")
         if depth > self.depth:
             raise ValueError(f"depth {depth} exceeds the network's {self.depth} layers")
-        Y_t, kind = as_batch(Y, "Y", dtype=self.operator.dtype, device=self.operator.device)
+        out_shape = tuple(getattr(self.op, "out_shape", (self.m,)))
+        images = len(out_shape) > 1 and len(Y.shape) == 1 + len(out_shape) and tuple(Y.shape[1:]) == out_shape
+        Y_in = Y.reshape(Y.shape[0], -1) if images else Y
+        Y_t, kind = as_batch(Y_in, "Y", dtype=self.dtype, device=self.op.device)
         if Y_t.shape[1] != self.m:
             raise ValueError(f"Y has {Y_t.shape[1]} entries per signal but this {type(self).__name__} was built for an "
                              f"operator with m={self.m} (fingerprint {self.fingerprint})")
         outs = list(self.iterates(Y_t, depth))
+        if images:
+            outs = [o.reshape(o.shape[0], *self.op.in_shape) for o in outs]
         if isinstance(Y, torch.Tensor):
             outs = [o[0] if kind.vector else o for o in outs]
         else:
@@ -81,8 +229,6 @@ class UnrolledNet(nn.Module):
     def check_operator(self, A) -> None:
         """Raise ValueError unless ``A`` is the operator this network was built for."""
         op = as_operator(A)
-        if not isinstance(op, DenseOperator):
-            op = DenseOperator(op.matrix())
         if op.shape != self.op.shape or op.fingerprint() != self.fingerprint:
             raise ValueError(f"this {type(self).__name__} was trained for operator {self.fingerprint} "
                              f"{self.op.shape}, not {op.fingerprint()} {op.shape}")
@@ -152,13 +298,39 @@ def load_tensors(path) -> tuple[dict, dict]:
     return tensors, json.loads(header["meta"])
 
 
+def _saved_operator(tensors: dict, config: dict):
+    """The operator a saved net was built on: the dense buffer ``operator`` (every older file), else
+    the operator's spec (its config in ``config["operator"]``, its tensors under ``operator.``)."""
+    if "operator" in tensors:
+        return DenseOperator(tensors["operator"])
+    # a spec names its tensors by their last name component (a learned transpose holds "base.weight")
+    spec = {k.rsplit(".", 1)[-1]: v for k, v in tensors.items() if k.startswith("operator.")}
+    return operators.from_spec(config.pop("operator"), spec)
+
+
 def load(path, *, map_location=None) -> UnrolledNet:
-    """Rebuild a network saved with ``net.save(path)``: same class, config and weights."""
+    """Rebuild a network saved with ``net.save(path)``: same class, config, operator and weights.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file written by ``net.save``.
+    map_location : torch device, optional
+        Where to move the loaded network.
+
+    Returns
+    -------
+    UnrolledNet
+        The network, of the saved class.
+    """
     tensors, meta = load_tensors(path)
     if meta.get("format") != FORMAT or meta.get("class") not in NETS:
         raise ValueError(f"{path}: unknown model format/class {meta.get('format')!r}/{meta.get('class')!r}")
-    A = tensors["operator"]
-    net = NETS[meta["class"]](A, **meta["config"])
+    config = dict(meta["config"])
+    op = _saved_operator(tensors, config)
+    net = NETS[meta["class"]](op, **config)
+    if _is_learned(op):   # built from the trained weights; the net belongs to the operator it started from
+        net.fingerprint = meta["fingerprint"]
     net.load_state_dict(tensors, strict=True)
     if net.fingerprint != meta["fingerprint"]:
         raise ValueError(f"{path}: operator fingerprint mismatch")

@@ -1,6 +1,7 @@
-"""The LISTA family: ISTA steps (``algorithms.lasso.ISTA``) with some of their parameters freed.
+"""The LISTA family: ISTA steps (``algorithms.lasso.ista_step``) with some of their parameters freed.
 
-One layer, written once (:func:`lista_layer`), in row form (codes z are rows (batch, n),
+Every layer is the solver's own :func:`~unrolled.algorithms.lasso.ista_step`; the
+parametrization only chooses its affine part. In row form (codes z are rows (batch, n),
 signals y rows (batch, m), D the (m, n) dictionary):
 
     full     (LISTA, Gregor & LeCun 2010):  z⁺ = η(z W_e⁽ᵗ⁾ + y W_x⁽ᵗ⁾, λβ⁽ᵗ⁾)
@@ -9,9 +10,13 @@ signals y rows (batch, m), D the (m, n) dictionary):
     steps    (SLISTA, Ablin et al. 2019):   z⁺ = η(z − α⁽ᵗ⁾ (zDᵀ − y) D, λα⁽ᵗ⁾)
 
 (the Moreau talk's "LISTA – Parametrizations" slides; in its column notation
-z − αWᵀ(Dz − x)). η is soft-thresholding ST(u, θ) = sign(u)(|u| − θ)₊, or, with
-``nonneg=True``, the prox of θ‖·‖₁ + ι_{≥0}: (u − θ)₊ (ReLU with bias −θ). The first layer
-starts from z⁰ = 0, so it is η(y W_x, ·) resp. η(α y W, ·).
+z − αWᵀ(Dz − x)). η is :func:`~unrolled.algorithms._common.soft_threshold`, or, with
+``nonneg=True``, the prox of θ‖·‖₁ + ι_{≥0}. The first layer starts from z⁰ = 0.
+
+"full" holds matrices of D's size and densifies the operator; "coupled" keeps D as an operator and
+holds W as a matrix for a dense D or as a learned operator of D's shape (``operators.learned``)
+otherwise; "steps" and ALISTA with ``gain="dictionary"`` use D itself: these run on any operator
+(a convolution included) without densifying it.
 
 Steps and thresholds are stored as logarithms in units of the analytic step s₀ (1/L,
 L = ‖D‖₂²; for ALISTA s₀ = 1/‖W̃ᵀD‖₂): α = s₀ e^ρ, β = s₀ e^σ, ρ = σ = 0 at init, so they stay
@@ -26,46 +31,19 @@ untouched, p_t = min(ss_percent·t, ss_max).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from .._validate import choice, nonnegative_float, positive_int
+from .. import operators
+from ..algorithms._common import (CoupledPair, GradientStep, LinearStep, extrapolate, fista_momentum, fused_matrices,
+                                  restart_test)
+from ..algorithms.lasso import ADMM, RidgeSolve, admm_step, ista_step
 from ..operators import DenseOperator, as_operator
 from ..problems import Lasso
 from .base import UnrolledNet
 
 PARAMETRIZATIONS = ("full", "coupled", "alista", "steps")
-
-
-# -- the layer -----------------------------------------------------------------------------
-
-def shrink(U: torch.Tensor, theta, *, nonneg: bool = False, keep: int = 0) -> torch.Tensor:
-    """η(u, θ): soft-threshold (or (u − θ)₊ when ``nonneg``); the ``keep`` largest entries per row
-    (by |u|, or by u when ``nonneg``) that exceed θ pass untouched (support selection,
-    Chen et al. 2018 eq. 13)."""
-    out = torch.relu(U - theta) if nonneg else torch.sign(U) * torch.relu(U.abs() - theta)
-    if keep > 0:
-        score = U if nonneg else U.abs()
-        kth = torch.topk(score, min(keep, U.shape[1]), dim=1).values[:, -1:]
-        mask = (score >= kth) & (score > theta)
-        out = torch.where(mask, U, out)
-    return out
-
-
-def lista_layer(Z, Y, D, *, parametrization: str, alpha=None, theta, W=None, We=None, Wx=None,
-                nonneg: bool = False, keep: int = 0) -> torch.Tensor:
-    """One layer of the LISTA family (see the module docstring); ``Z is None`` means z = 0."""
-    if parametrization == "full":
-        U = Y @ Wx if Z is None else torch.addmm(Y @ Wx, Z, We)
-    else:
-        G = D if parametrization == "steps" else W
-        if Z is None:
-            U = alpha * (Y @ G)
-        else:
-            U = Z - alpha * ((Z @ D.T - Y) @ G)
-    return shrink(U, theta, nonneg=nonneg, keep=keep)
 
 
 # -- ALISTA's analytic gain -------------------------------------------------------------------
@@ -81,9 +59,19 @@ def alista_objective(W, D) -> float:
 def alista_gain(D, *, tol: float = 1e-12, max_iter: int = 20_000) -> torch.Tensor:
     """W̃ = argmin_W ‖WᵀD‖_F²  s.t.  w_iᵀd_i = 1 ∀i   (ALISTA, Liu et al. 2019, eq. 15).
 
-    Accelerated projected gradient (FISTA with restart): ∇ = 2DDᵀW, step 1/(2‖D‖₂²), and the
-    projection onto the affine constraints column by column, w_i ← w_i + (1 − d_iᵀw_i) d_i/‖d_i‖².
-    Stops when ‖W_{k+1} − W_k‖_F ≤ tol·‖W_k‖_F. Returns W̃ (m, n) in D's dtype.
+    FISTA with the gradient restart test: ∇ = 2DDᵀW, step 1/(2‖D‖₂²), and the projection onto
+    the affine constraints column by column, w_i ← w_i + (1 − d_iᵀw_i) d_i/‖d_i‖².
+    Stops when ‖W_{k+1} − W_k‖_F ≤ tol·‖W_k‖_F.
+
+    Parameters
+    ----------
+    D : array, tensor or Operator, shape (m, n)
+    tol : float
+    max_iter : int
+
+    Returns
+    -------
+    W̃ : tensor (m, n) in D's dtype.
     """
     op = as_operator(D, name="D")
     Dm = op.matrix().detach().to(torch.float64)
@@ -99,19 +87,13 @@ def alista_gain(D, *, tol: float = 1e-12, max_iter: int = 20_000) -> torch.Tenso
     G = Dm @ Dm.T
     step = 1.0 / (2 * float(torch.linalg.matrix_norm(G, ord=2)))
     W = Dm / norms2                      # feasible start
-    V, t = W.clone(), 1.0
-    f_old = float((W.T @ Dm).pow(2).sum())
+    V, t = W.clone(), torch.ones(1, 1, dtype=torch.float64)
     for _ in range(max_iter):
         W_new = project(V - step * 2 * (G @ V))
-        f_new = float((W_new.T @ Dm).pow(2).sum())
-        if f_new > f_old:                # adaptive restart keeps the descent monotone
-            t, V = 1.0, W.clone()
-            W_new = project(V - step * 2 * (G @ V))
-            f_new = float((W_new.T @ Dm).pow(2).sum())
-        t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
-        V = W_new + ((t - 1) / t_new) * (W_new - W)
+        t, beta = fista_momentum(t, restart_test(V.reshape(1, -1), W_new.reshape(1, -1), W.reshape(1, -1)))
+        V = extrapolate(W_new, W, beta)
         delta = float((W_new - W).norm())
-        W, t, f_old = W_new, t_new, f_new
+        W = W_new
         if delta <= tol * float(W.norm()):
             break
     return W.to(op.dtype)
@@ -119,25 +101,48 @@ def alista_gain(D, *, tol: float = 1e-12, max_iter: int = 20_000) -> torch.Tenso
 
 # -- the networks -------------------------------------------------------------------------------
 
-def _scalar(value: float, like: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(torch.tensor(float(value), dtype=like.dtype, device=like.device))
-
-
 class LISTAFamily(UnrolledNet):
-    """``depth`` layers of :func:`lista_layer` for the Lasso min_z ½‖Dz − y‖² + λ‖z‖₁.
+    """``depth`` ISTA layers with some parameters learned, for the Lasso min_z ½‖Dz − y‖² + λ‖z‖₁.
 
-    Parameters: ``A`` the dictionary D (m, n); ``lam`` λ; ``parametrization`` one of
-    "full", "coupled", "alista", "steps"; ``tied``; ``support_selection`` with ``ss_percent``,
-    ``ss_max`` (percent); ``nonneg``; ``gain`` for "alista": "coherence" (:func:`alista_gain`)
-    or "dictionary" (W̃ = D, which makes the analytic net exactly ISTA).
+    Layer t: z⁺ = η(u, λβ⁽ᵗ⁾) with u the affine part of the parametrization (module docstring).
+
+    Parameters
+    ----------
+    operator : Operator or array (m, n)
+        The dictionary D: a matrix, a convolution or a learned operator.
+    depth : int
+        Number of layers T.
+    lam : float
+        λ (may also be given as the third positional argument).
+    init : {"analytic"}
+        W_e = I − DᵀD/L, W_x = D/L, W = D, steps 1/L: every net computes ISTA's iterates exactly
+        (without support selection).
+    tied : bool
+        Share the matrices across layers (TiLISTA; steps and thresholds stay per layer).
+    parametrization : {"full", "coupled", "alista", "steps"}
+        For ``LISTAFamily`` itself; the subclasses fix it.
+    support_selection : bool
+        LISTA-CPSS (Chen et al. 2018 eq. 13): in layer t the largest p_t % of the entries that pass
+        the threshold are kept untouched, p_t = min(ss_percent·t, ss_max).
+    ss_percent, ss_max : float
+        Percentages of support selection.
+    nonneg : bool
+        Use the prox of θ‖·‖₁ + ι_{≥0}.
+    gain : {"coherence", "dictionary"}
+        ALISTA's W̃: :func:`alista_gain` (dense D) or D itself (the analytic net is then ISTA).
+
+    Returns
+    -------
+    ``net(Y)``: codes Ẑ (batch, n) for signals Y (batch, m) (or images, see ``UnrolledNet.forward``).
     ``net.problem`` is ``Lasso(D, λ)`` (the unsupervised loss and the metrics use it).
     """
 
     PARAMETRIZATION: str | None = None
+    TIE_OPTION = True
 
-    def __init__(self, A, depth: int, lam: float = 0.1, *, parametrization: str | None = None, tied: bool = False,
-                 support_selection: bool = False, ss_percent: float = 1.2, ss_max: float = 13.0,
-                 nonneg: bool = False, gain: str = "coherence"):
+    def __init__(self, operator, depth: int, lam: float = 0.1, *, init: str = "analytic", tied: bool = False,
+                 parametrization: str | None = None, support_selection: bool = False, ss_percent: float = 1.2,
+                 ss_max: float = 13.0, nonneg: bool = False, gain: str = "coherence"):
         fixed = self.PARAMETRIZATION
         if fixed is not None and parametrization not in (None, fixed):
             raise ValueError(f"{type(self).__name__} has parametrization {fixed!r}, got {parametrization!r}")
@@ -149,64 +154,57 @@ class LISTAFamily(UnrolledNet):
                              "SLISTA (its threshold is tied to its step)")
         if tied and param in ("alista", "steps"):
             raise ValueError(f"tied=True has no meaning for parametrization {param!r} (no per-layer matrices)")
-        config = dict(lam=lam, tied=bool(tied), support_selection=bool(support_selection),
+        config = dict(lam=lam, support_selection=bool(support_selection),
                       ss_percent=nonnegative_float(ss_percent, "ss_percent"),
                       ss_max=nonnegative_float(ss_max, "ss_max"), nonneg=bool(nonneg))
         if fixed is None:
             config["parametrization"] = param
         if param == "alista":
             config["gain"] = gain
-        super().__init__(A, depth, None, **config)
-        self.parametrization, self.lam = param, lam
-        self.tied, self.nonneg = bool(tied), bool(nonneg)
+        op = as_operator(operator)
+        super().__init__(op, depth, Lasso(op, lam), init=init, tied=tied, **config)
+        self.parametrization, self.lam, self.nonneg = param, lam, bool(nonneg)
         self.support_selection = bool(support_selection)
         self.ss_percent, self.ss_max = config["ss_percent"], config["ss_max"]
-        D = self.operator
+        s0 = self._build_gain(gain) if param == "alista" else 1.0 / self.op.lipschitz
+        if isinstance(self.op, nn.Module):   # a learned D's L moves with its weights; the step unit must not
+            self.register_buffer("s0", self.scalar(s0))
+        else:
+            self.s0 = s0
         T = self.depth
-        L = self.op.lipschitz
-        if param == "alista":
+        self.a = nn.ParameterList([nn.Parameter(self.scalar(0.0)) for _ in range(T)]) if param != "full" else None
+        self.b = nn.ParameterList([nn.Parameter(self.scalar(0.0)) for _ in range(T)]) if param != "steps" else None
+        self.scales = {}
+        if param == "full":
+            W_e, W_x = (M.T for M in fused_matrices(self.dense(), s0))
+            self.Wx = self._matrices("Wx", W_x)
+            self.We = self._matrices("We", W_e, T - 1)
+        elif param == "coupled":
+            if isinstance(self.op, DenseOperator):
+                self.W = self._matrices("W", self.op.A)
+            else:
+                self.W = nn.ModuleList([operators.learned(self.op) for _ in range(1 if tied else T)])
+
+    def _build_gain(self, gain: str) -> float:
+        """ALISTA's W̃ (a buffer ``gain`` when D is dense) and the step unit s₀ = 1/‖W̃ᵀD‖₂."""
+        if gain == "coherence" or isinstance(self.op, DenseOperator):
+            D = self.dense().A
             Wg = alista_gain(self.op) if gain == "coherence" else D.clone()
             self.register_buffer("gain", Wg.to(D.dtype))
-            s0 = 1.0 / float(torch.linalg.matrix_norm((Wg.T @ D).to(torch.float64), ord=2))
-        else:
-            s0 = 1.0 / L
-        self.s0 = s0
-        self.a = nn.ParameterList([_scalar(0.0, D) for _ in range(T)]) if param != "full" else None
-        self.b = nn.ParameterList([_scalar(0.0, D) for _ in range(T)]) if param != "steps" else None
-        n_mats = 1 if tied else T
-        self.scales = {}
+            return 1.0 / float(torch.linalg.matrix_norm((Wg.T @ D).to(torch.float64), ord=2))
+        self.gain = None
+        return 1.0 / self.op.lipschitz
 
-        def mats(value, count):
-            c = float(value.to(torch.float64).pow(2).mean().sqrt()) or 1.0
-            return c, nn.ParameterList([nn.Parameter((value / c).detach().clone()) for _ in range(count)])
-
-        if param == "full":
-            eye = torch.eye(self.n, dtype=D.dtype, device=D.device)
-            self.scales["Wx"], self.Wx = mats(D * s0, n_mats)
-            self.scales["We"], self.We = mats(eye - s0 * (D.T @ D), 1 if tied else T - 1)
-        elif param == "coupled":
-            self.scales["W"], self.W = mats(D, n_mats)
-
-    @property
-    def problem(self) -> Lasso:
-        """Lasso(D, λ) on the network's own operator buffer, so it follows ``.to()``/``.double()``."""
-        D = self.operator
-        key = (D.dtype, D.device, D.data_ptr())
-        cache = self.__dict__.get("_problem_cache")
-        if cache is None or cache[0] != key:
-            cache = (key, Lasso(DenseOperator(D.detach()), self.__dict__.get("lam", 0.0)))
-            self.__dict__["_problem_cache"] = cache
-        return cache[1]
-
-    @problem.setter
-    def problem(self, value):   # the base class assigns None; the problem is always derived from D, λ
-        pass
+    def _matrices(self, name: str, value: torch.Tensor, untied: int | None = None) -> nn.ParameterList:
+        """Per-layer matrices stored divided by the RMS c of their analytic value (order one for the optimiser)."""
+        c = float(value.to(torch.float64).pow(2).mean().sqrt()) or 1.0
+        self.scales[name] = c
+        return self.layer_list(lambda k: self.initial(value / c), untied)
 
     # -- per-layer access ----------------------------------------------------------------------
     def _mat(self, name, t):
         """The matrix ``name`` of layer t, in its true scale."""
-        plist = getattr(self, name)
-        return self.scales[name] * (plist[0] if self.tied else plist[t])
+        return self.scales[name] * self.at(getattr(self, name), t)
 
     def _alpha(self, t):
         return self.s0 * torch.exp(self.a[t]) if self.a is not None else None
@@ -233,21 +231,15 @@ class LISTAFamily(UnrolledNet):
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
         """The parameters that belong to layer t (0-based); tied matrices count in every layer."""
-        if not 0 <= t < self.depth:
-            raise ValueError(f"layer {t} out of range for depth {self.depth}")
-        ps = []
-        if self.a is not None:
-            ps.append(self.a[t])
-        if self.b is not None:
-            ps.append(self.b[t])
+        self.check_layer(t)
+        ps = [p[t] for p in (self.a, self.b) if p is not None]
         if self.parametrization == "full":
-            ps.append(self.Wx[0 if self.tied else t])
-            if self.tied:
-                ps.append(self.We[0])
-            elif t > 0:
-                ps.append(self.We[t - 1])
+            ps.append(self.at(self.Wx, t))
+            if self.tied or t > 0:
+                ps.append(self.at(self.We, t - 1))
         elif self.parametrization == "coupled":
-            ps.append(self.W[0 if self.tied else t])
+            W = self.at(self.W, t)
+            ps.extend(W.parameters() if isinstance(W, nn.Module) else [W])
         return ps
 
     def layer_matrix(self, t: int) -> torch.Tensor | None:
@@ -255,56 +247,148 @@ class LISTAFamily(UnrolledNet):
         if self.parametrization == "full":
             return self._mat("Wx", t).detach()
         if self.parametrization == "coupled":
-            return self._mat("W", t).detach()
-        return self.gain.detach() if self.parametrization == "alista" else self.operator.detach()
+            W = self.at(self.W, t)
+            return W.matrix().detach() if isinstance(W, nn.Module) else self._mat("W", t).detach()
+        if self.parametrization == "alista" and self.gain is not None:
+            return self.gain.detach()
+        return self.dense().A.detach()
+
+    def affine(self, t: int):
+        """The affine part of layer t (an object with ``offset(Y)`` and ``__call__(z, b)``)."""
+        if self.parametrization == "full":
+            return LinearStep(self.scales["We"] * self.at(self.We, t - 1) if t else None, self._mat("Wx", t))
+        if self.parametrization == "coupled":
+            W = self.at(self.W, t)
+            gain = W if isinstance(W, nn.Module) else self._mat("W", t)
+        elif self.parametrization == "alista" and self.gain is not None:
+            gain = self.gain
+        else:
+            gain = self.op
+        return GradientStep(CoupledPair(self.op, gain), self._alpha(t))
 
     def iterates(self, Y, depth):
-        D = self.operator
         Z = None
         for t in range(depth):
-            a = self._alpha(t)
-            theta = self.lam * self._beta(t)
-            kw = {}
-            if self.parametrization == "full":
-                We = None
-                if t:
-                    We = self.scales["We"] * (self.We[0] if self.tied else self.We[t - 1])
-                kw = {"Wx": self._mat("Wx", t), "We": We}
-            elif self.parametrization == "coupled":
-                kw = {"W": self._mat("W", t)}
-            elif self.parametrization == "alista":
-                kw = {"W": self.gain}
-            Z = lista_layer(Z, Y, D, parametrization=self.parametrization, alpha=a, theta=theta,
-                            nonneg=self.nonneg, keep=self.keep(t), **kw)
+            affine = self.affine(t)
+            Z = ista_step(Z, affine.offset(Y), affine, self.lam * self._beta(t), nonneg=self.nonneg, keep=self.keep(t))
             yield Z
 
+_SUBCLASS_SECTIONS = """
+    Parameters
+    ----------
+    operator, depth, lam, init, tied, support_selection, ss_percent, ss_max, nonneg, gain
+        As for :class:`LISTAFamily` (``gain`` for ALISTA only).
 
+    Returns
+    -------
+    ``net(Y)``: codes Ẑ (batch, n) for signals Y (batch, m).
+    """
+
+
+def _family_member(cls):
+    """Append the shared Parameters / Returns sections to a fixed-parametrization subclass's docstring."""
+    cls.__doc__ += _SUBCLASS_SECTIONS
+    return cls
+
+
+@_family_member
 class LISTA(LISTAFamily):
-    """LISTA (Gregor & LeCun 2010): z⁺ = η(W_e⁽ᵗ⁾z + W_x⁽ᵗ⁾x, θ⁽ᵗ⁾), untied (``tied=True``: one W_e, W_x)."""
+    """LISTA (Gregor & LeCun 2010, eq. 3): z⁺ = η(W_e⁽ᵗ⁾z + W_x⁽ᵗ⁾x, θ⁽ᵗ⁾), untied (``tied=True``: one W_e, W_x).
+
+    Holds W_e (n, n) and W_x (m, n), so it densifies the operator.
+    """
 
     PARAMETRIZATION = "full"
 
 
+@_family_member
 class LISTA_CP(LISTAFamily):
     """LISTA-CP (Chen et al. 2018, eq. 10): z⁺ = η(z − α⁽ᵗ⁾W⁽ᵗ⁾ᵀ(Dz − x), θ⁽ᵗ⁾); ``support_selection=True``
-    gives LISTA-CPSS, ``tied=True`` TiLISTA."""
+    gives LISTA-CPSS, ``tied=True`` TiLISTA. W⁽ᵗ⁾ has D's shape: a matrix for a dense D, a learned
+    operator (``operators.learned(D)``) otherwise.
+    """
 
     PARAMETRIZATION = "coupled"
 
 
+@_family_member
 class ALISTA(LISTAFamily):
-    """ALISTA (Liu et al. 2019): z⁺ = η(z − α⁽ᵗ⁾W̃ᵀ(Dz − x), θ⁽ᵗ⁾), W̃ from :func:`alista_gain`;
-    only α⁽ᵗ⁾, θ⁽ᵗ⁾ are learned."""
+    """ALISTA (Liu et al. 2019): z⁺ = η(z − α⁽ᵗ⁾W̃ᵀ(Dz − x), θ⁽ᵗ⁾), W̃ fixed; only α⁽ᵗ⁾, θ⁽ᵗ⁾
+    are learned. W̃ = :func:`alista_gain` (D) (``gain="coherence"``, densifies) or D itself
+    (``gain="dictionary"``, any operator).
+    """
 
     PARAMETRIZATION = "alista"
 
 
+@_family_member
 class SLISTA(LISTAFamily):
     """SLISTA (Ablin, Moreau, Massias & Gramfort 2019; Moreau talk "Restricted parametrization"):
-    z⁺ = ST(z − α⁽ᵗ⁾Dᵀ(Dz − x), λα⁽ᵗ⁾); only the steps α⁽ᵗ⁾ are learned."""
+    z⁺ = ST(z − α⁽ᵗ⁾Dᵀ(Dz − x), λα⁽ᵗ⁾); only the steps α⁽ᵗ⁾ are learned. Runs on any operator.
+    """
 
     PARAMETRIZATION = "steps"
 
 
-__all__ = ["LISTAFamily", "LISTA", "LISTA_CP", "ALISTA", "SLISTA", "lista_layer", "shrink", "alista_gain",
-           "alista_objective", "PARAMETRIZATIONS"]
+class LADMM(UnrolledNet):
+    """Learned ADMM for the Lasso: layer k is :func:`~unrolled.algorithms.lasso.admm_step` with its
+    penalty ρ_k and threshold θ_k learned (the unrolled ADMM of the recipe in CONTRIBUTING.md):
+
+        z⁺ = (DᵀD + ρ_kI)⁻¹(Dᵀy + ρ_k(v − u)),   v⁺ = ST(z⁺ + u, θ_k),   u⁺ = u + z⁺ − v⁺.
+
+    Stored as ρ_k = ρ₀e^{r_k}, θ_k = (λ/ρ₀)e^{s_k} (r = s = 0 at init), so they stay positive.
+
+    Parameters
+    ----------
+    operator : Operator or array (m, n)
+        The dictionary D (densified: the layer solves with DᵀD + ρI).
+    depth : int
+        Number of layers.
+    lam : float
+        λ (also the third positional argument).
+    init : {"analytic"}
+        ρ_k = ρ₀, θ_k = λ/ρ₀: layer k equals the ADMM solver's iterate k (``ur.lasso(..., method="admm")``).
+    tied : bool
+        One (ρ, θ) for every layer.
+    rho : float, optional
+        ρ₀ (default: the solver's, √(e_max e_min) of DᵀD).
+
+    Returns
+    -------
+    ``net(Y)``: codes V̂ (batch, n) for signals Y (batch, m).
+    """
+
+    TIE_OPTION = True
+
+    def __init__(self, operator, depth: int, lam: float = 0.1, *, init: str = "analytic", tied: bool = False,
+                 rho: float | None = None):
+        lam = nonnegative_float(lam, "lam")
+        op = as_operator(operator)
+        super().__init__(op, depth, Lasso(op, lam), init=init, tied=tied, lam=lam, rho=rho)
+        self.lam = lam
+        admm = ADMM(self.problem, rho=rho)
+        self.rho0 = admm.rho
+        self.register_buffer("ridge_V", admm.solve.V, persistent=False)        # recomputed, but moved by .to()
+        self.register_buffer("ridge_evals", admm.solve.evals, persistent=False)
+        self.log_rho = self.layer_list(lambda k: self.scalar(0.0))
+        self.log_theta = self.layer_list(lambda k: self.scalar(0.0))
+
+    def layer_parameters(self, t: int) -> list[nn.Parameter]:
+        """Layer t's (log ρ, log θ)."""
+        self.check_layer(t)
+        return [self.at(self.log_rho, t), self.at(self.log_theta, t)]
+
+    def iterates(self, Y, depth):
+        solve = RidgeSolve(self.ridge_V, self.ridge_evals)
+        aty = self.op.adjoint(Y)
+        v = Y.new_zeros(Y.shape[0], self.n)
+        u = torch.zeros_like(v)
+        for k in range(depth):
+            rho = self.rho0 * torch.exp(self.at(self.log_rho, k))
+            theta = self.lam / self.rho0 * torch.exp(self.at(self.log_theta, k))
+            v, u = admm_step(v, u, aty, solve, rho, theta)
+            yield v
+
+
+__all__ = ["LISTAFamily", "LISTA", "LISTA_CP", "ALISTA", "SLISTA", "LADMM", "alista_gain", "alista_objective",
+           "PARAMETRIZATIONS"]
