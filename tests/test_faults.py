@@ -90,8 +90,8 @@ def reference(tmp_path_factory):
 
 def _same(a: dict, b: dict):
     assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    for k, v in a.items():
+        torch.testing.assert_close(v, b[k], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("where, lo, hi", [("step", 2, 16), ("write", 1, 4), ("rename", 1, 4)])
@@ -100,7 +100,7 @@ def test_kill_9_anywhere_then_rerun_gives_the_uninterrupted_weights(tmp_path, re
     config, out = _config(tmp_path), tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(ur.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
     child = subprocess.run([sys.executable, "-c", CHILD, where, str(at), "train", str(config), "--out", str(out),
-                            "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+                            "--quiet"], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert child.returncode == -9, child.stderr
     assert not (out / "model.safetensors").exists()
     if where != "step":
@@ -183,7 +183,7 @@ def _tampered(src: Path, dst: Path, edit, *, recompute: bool) -> Path:
     from safetensors import safe_open
     from safetensors.torch import save_file
     with safe_open(str(src), framework="pt") as fh:
-        header, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+        header, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is no dict
     header["meta"] = edit(header["meta"])
     if recompute:
         header["digest"] = _digest(tensors, header["meta"])
@@ -304,7 +304,7 @@ def test_file_written_before_the_metadata_digest_still_loads(files, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
     with safe_open(str(files / "model.safetensors"), framework="pt") as fh:
-        header, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+        header, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is no dict
     old = {"meta": header["meta"], "digest": _digest(tensors)}
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata=old)
     Y = np.load(files / "Y.npy")

@@ -2,8 +2,9 @@
 
 Small batched problems (a few hundred flops per row and op) run fastest on one thread; a
 second thread only adds synchronisation, and on a machine where another process keeps a
-core busy it makes them many times slower (measurements in the README). ``threads(n)``
-sets the count for a block and restores the caller's afterwards.
+core busy it makes them many times slower. ``ONE_THREAD_BELOW`` is the size where two
+threads stopped losing on a two-core machine with a busy neighbour (issue #9).
+``threads(n)`` sets the count for a block and restores the caller's afterwards.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import torch
 
 from ._validate import positive_int
 
-# the flops of one matrix product of the problem (rows × m × n) below which one thread wins
-ONE_THREAD_BELOW = 5_000_000
+# multiply-adds of one product (rows × m × n) below which one thread is the default
+ONE_THREAD_BELOW = 100_000_000
 
 
 def default_threads(rows: int, m: int, n: int) -> int | None:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -59,7 +60,6 @@ def _operator_from(cfg: dict, seed: int):
 def _check_size(rows: int, A, gen, params: dict) -> None:
     """Refuse data that cannot fit in memory before allocating it."""
     import inspect
-    import os
     defaults = {k: p.default for k, p in inspect.signature(gen).parameters.items()}
     m, n = A.shape if A is not None else (params.get("m", defaults.get("m", 1)), params.get("n", defaults.get("n", 1)))
     need = 4 * 8 * rows * (m + n)  # Y, X and the generator's temporaries, float64
@@ -95,7 +95,6 @@ OUTPUTS = ("checkpoint.safetensors", "model.safetensors", "history.json", "confi
 
 def _out_dir(args, cfg: dict, cfg_path: Path) -> Path:
     """The run's folder, created; with --fresh, emptied of a previous run's files."""
-    import os
     from .nets.base import remove_stale_temps
     out = Path(args.out or cfg.get("out", Path("runs") / cfg_path.stem))
     if out.exists() and not out.is_dir():
@@ -126,31 +125,43 @@ def _dtype(name: str):
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
-def cmd_train(args) -> int:
+def _read_config(path: Path) -> dict:
     import tomllib
-    import unrolled as ur
+
     from ._config import resolve
+    if not path.is_file():
+        raise UsageError(f"config not found: {path}")
+    try:
+        return resolve(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}") from None
+
+
+def _build(cfg: dict, n_threads: int | None):
+    """(A, Y, X, Y_val, X_val, net) of a resolved config."""
+    import torch
+
     from ._threads import threads
     from .nets import NETS
-    from .training import data_fingerprint, resume_conflict
-    cfg_path = Path(args.config)
-    if not cfg_path.is_file():
-        raise UsageError(f"config not found: {cfg_path}")
-    try:
-        cfg = resolve(tomllib.loads(cfg_path.read_text()))
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{cfg_path} is not valid TOML: {exc}") from None
-    out = _out_dir(args, cfg, cfg_path)
-    ckpt = out / "checkpoint.safetensors"
-    seed = cfg["seed"]
-    import torch
-    torch.manual_seed(seed)
-    with threads(args.threads):
-        A = _operator_from(cfg["operator"], seed)
-        A, Y, X, Yv, Xv = _data_from(cfg["data"], A, seed + 1)
+    torch.manual_seed(cfg["seed"])
+    with threads(n_threads):
+        A = _operator_from(cfg["operator"], cfg["seed"])
+        A, Y, X, Yv, Xv = _data_from(cfg["data"], A, cfg["seed"] + 1)
         model = dict(cfg["model"])
         name, dtype = model.pop("name"), _dtype(model.pop("dtype"))
-        net = NETS[name](torch.as_tensor(A, dtype=dtype), **model)
+        return A, Y, X, Yv, Xv, NETS[name](torch.as_tensor(A, dtype=dtype), **model)
+
+
+def cmd_train(args) -> int:
+    import unrolled as ur
+
+    from .training import data_fingerprint, resume_conflict
+    cfg_path = Path(args.config)
+    cfg = _read_config(cfg_path)
+    out = _out_dir(args, cfg, cfg_path)
+    ckpt = out / "checkpoint.safetensors"
+    A, Y, X, Yv, Xv, net = _build(cfg, args.threads)
+    seed, name = cfg["seed"], cfg["model"]["name"]
     run = {"config": cfg, "data": data_fingerprint(A, Y, X, Yv, Xv)}
     conflict = resume_conflict(ckpt, {"run": run}) if ckpt.exists() else None
     if conflict:
@@ -177,6 +188,7 @@ def cmd_train(args) -> int:
 
 def _model_solver(args):
     import torch
+
     import unrolled as ur
     try:
         net = ur.load(args.model)
@@ -200,12 +212,12 @@ def _method_solver(args):
     if args.method in ur.solvers.LASSO_METHODS:
         if args.lam is None:
             raise UsageError(f"{args.method} solves a Lasso: give --lam")
-        solve = lambda Y: ur.lasso(A, Y, args.lam, args.method, tol=args.tol, max_iter=args.max_iter)  # noqa: E731
+        solve = lambda Y: ur.lasso(A, Y, args.lam, args.method, tol=args.tol, max_iter=args.max_iter)
     elif args.method in ur.solvers.NNLS_METHODS:
         if args.lam is not None:
             raise UsageError(f"--lam is for Lasso methods ({', '.join(ur.solvers.LASSO_METHODS)}); "
                              f"{args.method} solves an NNLS")
-        solve = lambda Y: ur.nnls(A, Y, args.method, tol=args.tol, max_iter=args.max_iter)  # noqa: E731
+        solve = lambda Y: ur.nnls(A, Y, args.method, tol=args.tol, max_iter=args.max_iter)
     else:
         raise UsageError(f"--method {args.method!r} unknown; choose one of "
                          f"{', '.join([*ur.solvers.NNLS_METHODS, *ur.solvers.LASSO_METHODS])}")
@@ -222,42 +234,60 @@ def _output_path(name: str) -> Path:
     return p if p.suffix == ".npy" else p.with_name(p.name + ".npy")
 
 
+class _NpyWriter:
+    """Write an (rows, width) .npy file chunk by chunk: a header, then each chunk's bytes (no
+    mapping, so the process holds only the current chunk)."""
+
+    def __init__(self, path: Path, rows: int, vector: bool):
+        self.path, self.rows, self.vector, self.fh = path, rows, vector, None
+
+    def write(self, X: np.ndarray) -> None:
+        if self.fh is None:
+            shape = (X.shape[1],) if self.vector else (self.rows, X.shape[1])
+            self.dtype = X.dtype
+            self.fh = open(self.path, "wb")  # noqa: SIM115 - closed by close(), across chunks
+            np.lib.format.write_array_header_2_0(self.fh, {"descr": np.lib.format.dtype_to_descr(X.dtype),
+                                                           "fortran_order": False, "shape": shape})
+        self.fh.write(np.ascontiguousarray(X, dtype=self.dtype).tobytes())
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            self.fh = None
+
+
 def cmd_solve(args) -> int:
     from tqdm.auto import tqdm
+
     from ._threads import default_threads, threads
     from ._validate import positive_int
     chunk = positive_int(args.chunk, "--chunk")
     Y = _load_array(args.input, args.key, "input", mmap=True)
-    if Y.ndim not in (1, 2):
-        raise UsageError(f"input {args.input} must be a vector or a (batch, m) array, got shape {Y.shape}")
+    if Y.ndim not in (1, 2) or Y.size == 0:
+        raise UsageError(f"input {args.input} must be a vector or a non-empty (batch, m) array, got shape {Y.shape}")
     rows = Y.reshape(1, -1) if Y.ndim == 1 else Y
     out = _output_path(args.output)
     t0 = time.perf_counter()
-    n_threads = args.threads
     apply, info, (m, n) = (_model_solver if args.model else _method_solver)(args)
-    if n_threads is None:
-        n_threads = default_threads(min(chunk, len(rows)), m, n)
+    n_threads = args.threads if args.threads is not None else default_threads(min(chunk, len(rows)), m, n)
     info = {"input": args.input, "output": str(out), **info}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial.npy")
-    X_out, converged, iterations = None, 0.0, 0.0
+    tmp = out.with_name(f".{out.name}.partial")
+    writer, converged, iterations = _NpyWriter(tmp, len(rows), Y.ndim == 1), 0.0, 0.0
     try:
         with threads(n_threads):
             for i in tqdm(range(0, len(rows), chunk), desc="solve", unit="chunk", disable=args.quiet):
                 X, conv, its = apply(rows[i:i + chunk])
-                X = np.atleast_2d(X)
-                if X_out is None:
-                    X_out = np.lib.format.open_memmap(tmp, mode="w+", dtype=X.dtype, shape=(len(rows), X.shape[1]))
-                X_out[i:i + chunk] = X
+                writer.write(np.atleast_2d(X))
                 if conv is not None:
                     converged += float(np.sum(conv))
                     iterations += float(np.sum(its))
-        X_out.flush()
-        del X_out
-        if Y.ndim == 1:
-            np.save(tmp, np.load(tmp)[0])
+        writer.close()
         tmp.replace(out)
     finally:
+        writer.close()
         tmp.unlink(missing_ok=True)
     if not args.model:
         info.update(converged=converged / len(rows), mean_iterations=iterations / len(rows))

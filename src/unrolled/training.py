@@ -8,17 +8,18 @@ same path as an uninterrupted one.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 import hashlib
 import json
 import math
-from pathlib import Path
 import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ._threads import default_threads, threads as torch_threads
+from ._threads import default_threads
+from ._threads import threads as torch_threads
 from ._validate import as_batch, choice, nonnegative_float, positive_int
 from .nets.base import load_tensors, remove_stale_temps, save_tensors
 from .problems import Lasso
