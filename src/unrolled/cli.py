@@ -94,7 +94,8 @@ OUTPUTS = ("checkpoint.safetensors", "model.safetensors", "history.json", "confi
 
 
 def _out_dir(args, cfg: dict, cfg_path: Path) -> Path:
-    """The run's folder, created; with --fresh, emptied of a previous run's files."""
+    """The run's folder, created, without temp files of killed writes; with --fresh, also
+    without a previous run's files."""
     from .nets.base import remove_stale_temps
     out = Path(args.out or cfg.get("out", Path("runs") / cfg_path.stem))
     if out.exists() and not out.is_dir():
@@ -105,10 +106,10 @@ def _out_dir(args, cfg: dict, cfg_path: Path) -> Path:
         raise UsageError(f"cannot create --out {out}: {exc.strerror}") from None
     if not os.access(out, os.W_OK):
         raise UsageError(f"--out {out} is not writable")
-    if args.fresh:
-        for name in OUTPUTS:
+    for name in OUTPUTS:
+        remove_stale_temps(out / name)  # left by a killed write
+        if args.fresh:
             (out / name).unlink(missing_ok=True)
-            remove_stale_temps(out / name)
     return out
 
 
@@ -234,6 +235,25 @@ def _output_path(name: str) -> Path:
     return p if p.suffix == ".npy" else p.with_name(p.name + ".npy")
 
 
+class _MappedRows:
+    """The rows of a .npy file, each slice read through a fresh memory map that is closed after it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        Y = np.load(path, mmap_mode="r")
+        self.shape = (1, Y.shape[0]) if Y.ndim == 1 else Y.shape
+        del Y
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        Y = np.load(self.path, mmap_mode="r")
+        chunk = np.array(Y.reshape(self.shape)[rows])
+        del Y
+        return chunk
+
+
 class _NpyWriter:
     """Write an (rows, width) .npy file chunk by chunk: a header, then each chunk's bytes (no
     mapping, so the process holds only the current chunk)."""
@@ -267,7 +287,10 @@ def cmd_solve(args) -> int:
     Y = _load_array(args.input, args.key, "input", mmap=True)
     if Y.ndim not in (1, 2) or Y.size == 0:
         raise UsageError(f"input {args.input} must be a vector or a non-empty (batch, m) array, got shape {Y.shape}")
-    rows = Y.reshape(1, -1) if Y.ndim == 1 else Y
+    rows, vector = (Y.reshape(1, -1) if Y.ndim == 1 else Y), Y.ndim == 1
+    if isinstance(Y, np.memmap):  # map the file anew for each chunk: pages read are released with it
+        del Y, rows
+        rows = _MappedRows(args.input)
     out = _output_path(args.output)
     t0 = time.perf_counter()
     apply, info, (m, n) = (_model_solver if args.model else _method_solver)(args)
@@ -275,7 +298,7 @@ def cmd_solve(args) -> int:
     info = {"input": args.input, "output": str(out), **info}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
-    writer, converged, iterations = _NpyWriter(tmp, len(rows), Y.ndim == 1), 0.0, 0.0
+    writer, converged, iterations = _NpyWriter(tmp, len(rows), vector), 0.0, 0.0
     try:
         with threads(n_threads):
             for i in tqdm(range(0, len(rows), chunk), desc="solve", unit="chunk", disable=args.quiet):
