@@ -166,7 +166,8 @@ def resume_conflict(checkpoint, identity: dict) -> str | None:
     recorded = {"model": {k: meta.get("model", {}).get(k) for k in ("class", "fingerprint", "config")},
                 "train": meta.get("train"), "data": meta.get("data"), "run": meta.get("run")}
     current = json.loads(json.dumps(identity))
-    diffs = [d for key in current if recorded.get(key) is not None for d in _differences(recorded[key], current[key], f"{key}.")]
+    diffs = [d for key in current if recorded.get(key) is not None
+             for d in _differences(recorded[key], current[key], f"{key}.")]
     if not diffs:
         return None
     return f"checkpoint {ckpt} was written by another run ({'; '.join(diffs[:4])}{'; …' if len(diffs) > 4 else ''})"
