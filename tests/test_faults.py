@@ -272,7 +272,8 @@ SOLVE_CASES = {  # argv (with {d} the folder of files) -> (exit status, what the
                      "--lam is for Lasso methods"),
     "edited": (["--model", "{d}/edited.safetensors", "--input", "{d}/Y.npy"], 2, "digest mismatch"),
     "deep": (["--model", "{d}/deep.safetensors", "--input", "{d}/Y.npy"], 2, "depth must be an integer in"),
-    "no-config": (["--model", "{d}/noconfig.safetensors", "--input", "{d}/Y.npy"], 2, "noconfig.safetensors"),
+    "no-config": (["--model", "{d}/noconfig.safetensors", "--input", "{d}/Y.npy"], 2,
+                  "noconfig.safetensors: metadata has no 'config'"),
     "garbage-meta": (["--model", "{d}/garbage.safetensors", "--input", "{d}/Y.npy"], 2,
                      "garbage.safetensors: its metadata is not valid JSON"),
     "no-model": (["--model", "{d}/none.safetensors", "--input", "{d}/Y.npy"], 2, "none.safetensors"),
@@ -293,7 +294,8 @@ def test_bad_solve_input_is_one_line(files, capsys, case):
 
 
 def test_api_refuses_edited_and_tampered_files(files):
-    for name, says in (("edited", "digest mismatch"), ("deep", "depth"), ("garbage", "not valid JSON")):
+    for name, says in (("edited", "digest mismatch"), ("deep", "depth"), ("garbage", "not valid JSON"),
+                       ("noconfig", "no 'config'")):
         with pytest.raises(ValueError, match=says) as info:
             ur.load(files / f"{name}.safetensors")
         assert f"{name}.safetensors" in str(info.value)

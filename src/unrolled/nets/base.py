@@ -172,6 +172,8 @@ def _check_meta(path: Path, meta) -> dict:
     for key, kind in (("format", str), ("class", str), ("fingerprint", str), ("config", dict), ("shape", list)):
         if key in model and not isinstance(model[key], kind):
             raise ValueError(f"{path}: metadata {key!r} must be a {kind.__name__}, got {model[key]!r}")
+        if key not in model and "format" in model:  # a network's metadata has them all
+            raise ValueError(f"{path}: metadata has no {key!r}")
     depth = model.get("config", {}).get("depth", 1)
     if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
         raise ValueError(f"{path}: metadata depth must be an integer in [1, {MAX_DEPTH}], got {depth!r}")
