@@ -163,7 +163,8 @@ def cmd_train(args) -> int:
     ckpt = out / "checkpoint.safetensors"
     A, Y, X, Yv, Xv, net = _build(cfg, args.threads)
     seed, name = cfg["seed"], cfg["model"]["name"]
-    run = {"config": cfg, "data": data_fingerprint(A, Y, X, Yv, Xv)}
+    config = {k: v for k, v in cfg.items() if k != "out"}  # where the run is written does not change it
+    run = {"config": config, "data": data_fingerprint(A, Y, X, Yv, Xv)}
     conflict = resume_conflict(ckpt, {"run": run}) if ckpt.exists() else None
     if conflict:
         raise UsageError(f"{conflict}; rerun with --fresh to start afresh, or choose another --out")
