@@ -19,7 +19,7 @@ from unrolled.nets.lista import alista_gain, alista_objective
 from unrolled.operators import DenseOperator
 from unrolled.problems import Lasso
 from unrolled.staged import evaluate_layers, train_layerwise, train_staged
-from unrolled.train import train
+from unrolled.training import train
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import torch
 import unrolled as ur
 from unrolled.nets.base import UnrolledNet
 from unrolled.problems import NNLS, Lasso
+from unrolled.training import lasso_targets
 
 
 class StepNet(UnrolledNet):
@@ -59,7 +60,7 @@ def test_unsupervised_loss_is_the_objective():
 def test_semi_supervised_targets_are_lasso_solutions():
     A, Y, _ = _data(n_train=32)
     net = StepNet(A, lam=0.05).double()
-    Z = ur.train.__globals__["lasso_targets"](net, torch.tensor(Y))
+    Z = lasso_targets(net, torch.tensor(Y))
     ref = ur.lasso(A, Y, 0.05, "fista", tol=1e-12, max_iter=200000)
     np.testing.assert_allclose(Z.numpy(), ref.x, atol=1e-6)
     hist = ur.train(net, Y, loss="semi-supervised", epochs=3, progress=False)
@@ -125,7 +126,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     A, Y, X = _data()
     ckpt = tmp_path / "run.ckpt"
     ur.train(StepNet(A).double(), Y, X, epochs=1, progress=False, checkpoint=ckpt)
-    with pytest.raises(ValueError, match="another model"):
+    with pytest.raises(ValueError, match=r"another run \(model.config.depth: 3 -> 2; "):
         ur.train(StepNet(A, depth=2).double(), Y, X, epochs=1, progress=False, checkpoint=ckpt)
 
 
@@ -157,3 +158,70 @@ def test_parameter_groups_get_their_own_relative_rates():
     assert (net.steps.detach() - before).abs().max() > 1e-5
     with pytest.raises(ValueError, match="lr"):
         ur.train(net, Y, X, epochs=1, progress=False, params=[{"params": [net.steps], "lr": -1}])
+
+
+def test_checkpoint_written_before_the_split_still_resumes(tmp_path):
+    """tests/data/v0_checkpoint.safetensors: the pre-split code's run of 6 epochs killed in epoch 4
+    (made by tests/data/make_v0_checkpoint.py)."""
+    import shutil
+    from pathlib import Path
+    A, Y, X = _data()
+    ref = StepNet(A).double()
+    ur.train(ref, Y, X, epochs=6, lr=1e-3, batch_size=64, progress=False)
+    ckpt = tmp_path / "old.ckpt"
+    shutil.copy(Path(__file__).with_name("data") / "v0_checkpoint.safetensors", ckpt)
+    resumed = StepNet(A).double()
+    hist = ur.train(resumed, Y, X, epochs=6, lr=1e-3, batch_size=64, progress=False, checkpoint=ckpt)
+    assert hist.resumed_from == 3 and len(hist.train_loss) == 6
+    torch.testing.assert_close(resumed.steps, ref.steps, rtol=0, atol=1e-12)
+
+
+def test_checkpoint_of_other_data_or_seed_is_refused(tmp_path):
+    A, Y, X = _data()
+    ckpt = tmp_path / "run.ckpt"
+    ur.train(StepNet(A).double(), Y, X, epochs=2, progress=False, checkpoint=ckpt)
+    with pytest.raises(ValueError, match=r"another run \(data: "):
+        ur.train(StepNet(A).double(), Y[:200], X[:200], epochs=2, progress=False, checkpoint=ckpt)
+    with pytest.raises(ValueError, match=r"another run \(train.seed: 0 -> 1\)"):
+        ur.train(StepNet(A).double(), Y, X, epochs=2, seed=1, progress=False, checkpoint=ckpt)
+    with pytest.raises(ValueError, match=r"run.data.n_train: 256 -> 300"):
+        ur.train(StepNet(A).double(), Y, X, epochs=2, progress=False, checkpoint=tmp_path / "r2.ckpt",
+                 run={"data": {"n_train": 256}})
+        ur.train(StepNet(A).double(), Y, X, epochs=2, progress=False, checkpoint=tmp_path / "r2.ckpt",
+                 run={"data": {"n_train": 300}})
+    hist = ur.train(StepNet(A).double(), Y, X, epochs=2, progress=False, checkpoint=ckpt, resume=False)
+    assert hist.resumed_from == 0
+
+
+def test_threads_argument_is_restored_after_the_call():
+    A, Y, X = _data(n_train=32)
+    before = torch.get_num_threads()
+    seen = []
+
+    class Spy(StepNet):
+        def iterates(self, Y_, depth):
+            seen.append(torch.get_num_threads())
+            yield from super().iterates(Y_, depth)
+
+    ur.train(Spy(A).double(), Y, X, epochs=1, progress=False, threads=1)
+    assert set(seen) == {1} and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        ur.train(Spy(A).double(), Y, X, epochs=1, progress=False, threads=0)
+
+
+def test_saved_files_are_0644_and_stale_temps_are_removed(tmp_path):
+    import os
+    A, Y, X = _data(n_train=32)
+    ckpt = tmp_path / "run.ckpt"
+    stale = tmp_path / ".run.ckpt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    old = os.umask(0o022)
+    try:
+        net = StepNet(A).double()
+        ur.train(net, Y, X, epochs=1, progress=False, checkpoint=ckpt)
+        net.save(tmp_path / "model.safetensors")
+    finally:
+        os.umask(old)
+    assert not stale.exists()
+    assert (ckpt.stat().st_mode & 0o777) == 0o644
+    assert ((tmp_path / "model.safetensors").stat().st_mode & 0o777) == 0o644

@@ -11,7 +11,7 @@ from .solvers import lasso, nnls
 from .algorithms.mlbp import ml_bp
 from . import data, metrics, nets
 from .nets import load
-from .train import TrainHistory, train
+from .training import TrainHistory, train
 
 __version__ = "0.1.0"
 

@@ -3,30 +3,48 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 
-def _load_array(path: str, key: str | None = None, what: str = "array") -> np.ndarray:
+class UsageError(ValueError):
+    """A mistake in the command line, config or input files (exit 2, as argparse)."""
+
+
+class Failure(RuntimeError):
+    """The command was right but the work failed (exit 1)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with what to do next (exit 130)."""
+
+
+def _load_array(path: str, key: str | None = None, what: str = "array", mmap: bool = False) -> np.ndarray:
+    """A .npy (memory-mapped when ``mmap``) or one array of an .npz; real numbers only."""
     p = Path(path)
     if not p.is_file():
-        raise SystemExit(f"error: {what} file not found: {p}")
+        raise UsageError(f"{what} file not found: {p}")
     if p.suffix == ".npz":
         with np.load(p) as z:
             names = list(z.keys())
             if key is None:
                 if len(names) != 1:
-                    raise SystemExit(f"error: {p} holds {names}; say which with a key")
+                    raise UsageError(f"{p} holds {names}; say which with a key")
                 key = names[0]
             if key not in z:
-                raise SystemExit(f"error: {p} has no array {key!r} (it has {names})")
-            return z[key]
-    if p.suffix == ".npy":
-        return np.load(p, allow_pickle=False)
-    raise SystemExit(f"error: {what} must be a .npy or .npz file, got {p}")
+                raise UsageError(f"{p} has no array {key!r} (it has {names})")
+            arr = z[key]
+    elif p.suffix == ".npy":
+        arr = np.load(p, allow_pickle=False, mmap_mode="r" if mmap else None)
+    else:
+        raise UsageError(f"{what} must be a .npy or .npz file, got {p}")
+    if np.iscomplexobj(arr):
+        raise UsageError(f"{what} {p} holds complex numbers; unrolled solves real problems")
+    return arr
 
 
 def _operator_from(cfg: dict, seed: int):
@@ -36,9 +54,19 @@ def _operator_from(cfg: dict, seed: int):
         return _load_array(cfg["file"], cfg.get("key"), "operator")
     if "kind" in cfg:
         return make_operator(cfg["kind"], cfg["m"], cfg["n"], seed=cfg.get("seed", seed))
-    if cfg:
-        raise SystemExit("error: [operator] needs `file = \"A.npy\"` or `kind = \"uniform\"|\"gaussian\"|\"sphere\"` with m, n")
     return None
+
+
+def _check_size(rows: int, A, gen, params: dict) -> None:
+    """Refuse data that cannot fit in memory before allocating it."""
+    import inspect
+    defaults = {k: p.default for k, p in inspect.signature(gen).parameters.items()}
+    m, n = A.shape if A is not None else (params.get("m", defaults.get("m", 1)), params.get("n", defaults.get("n", 1)))
+    need = 4 * 8 * rows * (m + n)  # Y, X and the generator's temporaries, float64
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise UsageError(f"[data] n_train + n_val = {rows} signals of {m}×{n} need ~{need / 2**30:.0f} GiB; "
+                         f"this machine has {have / 2**30:.0f} GiB")
 
 
 def _data_from(cfg: dict, A, seed: int):
@@ -46,51 +74,113 @@ def _data_from(cfg: dict, A, seed: int):
     from .data import GENERATORS
     if "file" in cfg:
         if A is None:
-            raise SystemExit("error: data from a file needs an [operator]")
+            raise UsageError("[data] file = ... needs an [operator]")
         Y = _load_array(cfg["file"], "Y", "data")
         with np.load(cfg["file"]) as z:
             X = z["X"] if "X" in z else None
-        n_val = int(cfg.get("n_val", max(1, len(Y) // 10)))
+        n_val = cfg.get("n_val", max(1, len(Y) // 10))
     else:
-        name = cfg.get("generator")
-        if name not in GENERATORS:
-            raise SystemExit(f"error: [data] generator {name!r} unknown; available: {', '.join(sorted(GENERATORS))}")
+        gen = GENERATORS[cfg["generator"]]
         params = {k: v for k, v in cfg.items() if k not in ("generator", "n_train", "n_val")}
-        n_val = int(cfg.get("n_val", 200))
-        A, Y, X = GENERATORS[name](int(cfg.get("n_train", 1000)) + n_val, A=A, seed=seed, **params)
-    split = (lambda Z: (Z[n_val:], Z[:n_val]) if Z is not None else (None, None))
+        n_val = cfg["n_val"]
+        _check_size(cfg["n_train"] + n_val, A, gen, params)
+        A, Y, X = gen(cfg["n_train"] + n_val, A=A, seed=seed, **params)
+    split = (lambda Z: (Z[n_val:], Z[:n_val] if n_val else None) if Z is not None else (None, None))
     (Y, Yv), (X, Xv) = split(Y), split(X)
     return A, Y, X, Yv, Xv
 
 
-def cmd_train(args) -> int:
-    import tomllib
-    import torch
-    import unrolled as ur
-    from .nets import NETS
-    cfg_path = Path(args.config)
-    if not cfg_path.is_file():
-        raise SystemExit(f"error: config not found: {cfg_path}")
-    cfg = tomllib.loads(cfg_path.read_text())
-    seed = int(cfg.get("seed", 0))
+OUTPUTS = ("checkpoint.safetensors", "model.safetensors", "history.json", "config.toml", "operator.npy")
+
+
+def _out_dir(args, cfg: dict, cfg_path: Path) -> Path:
+    """The run's folder, created, without temp files of killed writes; with --fresh, also
+    without a previous run's files."""
+    from .nets.base import remove_stale_temps
     out = Path(args.out or cfg.get("out", Path("runs") / cfg_path.stem))
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --out {out}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out} is not writable")
+    for name in OUTPUTS:
+        remove_stale_temps(out / name)  # left by a killed write
+        if args.fresh:
+            (out / name).unlink(missing_ok=True)
+    return out
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    from .nets.base import load_tensors
+    try:
+        return int(load_tensors(path)[1]["epoch"]) if path.exists() else 0
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def _dtype(name: str):
+    import torch
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def _read_config(path: Path) -> dict:
+    import tomllib
+
+    from ._config import resolve
+    if not path.is_file():
+        raise UsageError(f"config not found: {path}")
+    try:
+        return resolve(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}") from None
+
+
+def _build(cfg: dict, n_threads: int | None):
+    """(A, Y, X, Y_val, X_val, net) of a resolved config."""
+    import torch
+
+    from ._threads import threads
+    from .nets import NETS
+    torch.manual_seed(cfg["seed"])
+    with threads(n_threads):
+        A = _operator_from(cfg["operator"], cfg["seed"])
+        A, Y, X, Yv, Xv = _data_from(cfg["data"], A, cfg["seed"] + 1)
+        model = dict(cfg["model"])
+        name, dtype = model.pop("name"), _dtype(model.pop("dtype"))
+        return A, Y, X, Yv, Xv, NETS[name](torch.as_tensor(A, dtype=dtype), **model)
+
+
+def cmd_train(args) -> int:
+    import unrolled as ur
+
+    from .training import data_fingerprint, resume_conflict
+    cfg_path = Path(args.config)
+    cfg = _read_config(cfg_path)
+    out = _out_dir(args, cfg, cfg_path)
+    ckpt = out / "checkpoint.safetensors"
+    A, Y, X, Yv, Xv, net = _build(cfg, args.threads)
+    seed, name = cfg["seed"], cfg["model"]["name"]
+    config = {k: v for k, v in cfg.items() if k != "out"}  # where the run is written does not change it
+    run = {"config": config, "data": data_fingerprint(A, Y, X, Yv, Xv)}
+    conflict = resume_conflict(ckpt, {"run": run}) if ckpt.exists() else None
+    if conflict:
+        raise UsageError(f"{conflict}; rerun with --fresh to start afresh, or choose another --out")
     (out / "config.toml").write_text(cfg_path.read_text())
-    torch.manual_seed(seed)
-    A = _operator_from(cfg.get("operator", {}), seed)
-    A, Y, X, Yv, Xv = _data_from(cfg.get("data", {}), A, seed + 1)
     np.save(out / "operator.npy", A)
-    model = dict(cfg.get("model", {}))
-    name = model.pop("name", None)
-    if name not in NETS:
-        raise SystemExit(f"error: [model] name {name!r} unknown; available: {', '.join(sorted(NETS))}")
-    dtype = torch.float64 if model.pop("dtype", "float32") == "float64" else torch.float32
-    net = NETS[name](torch.as_tensor(A, dtype=dtype), **model)
-    tcfg = dict(cfg.get("train", {}))
+    tcfg = cfg["train"]
     loss = tcfg.get("loss", "supervised")
-    val = (Yv, Xv) if Xv is not None and loss != "unsupervised" else Yv
-    hist = ur.train(net, Y, X if loss == "supervised" else None, val=val, seed=seed, progress=not args.quiet,
-                    checkpoint=out / "checkpoint.safetensors", **tcfg)
+    val = None if Yv is None else (Yv, Xv) if Xv is not None and loss != "unsupervised" else Yv
+    try:
+        hist = ur.train(net, Y, X if loss == "supervised" else None, val=val, seed=seed, progress=not args.quiet,
+                        checkpoint=ckpt, threads=args.threads, run=run, **tcfg)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; rerun to resume from epoch {_checkpoint_epoch(ckpt)}") from None
+    except OSError as exc:
+        raise Failure(f"{exc.strerror or exc} writing {exc.filename or out}; the last checkpoint "
+                      f"(epoch {_checkpoint_epoch(ckpt)}) is intact: free space and rerun to resume") from None
     net.save(out / "model.safetensors", extra={"train": tcfg})
     (out / "history.json").write_text(json.dumps(hist.to_dict(), indent=2))
     print(f"trained {name} (depth {net.depth}) in {hist.seconds:.1f} s; best validation loss "
@@ -98,50 +188,148 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_solve(args) -> int:
+def _model_solver(args):
     import torch
+
     import unrolled as ur
-    Y = _load_array(args.input, args.key, "input")
-    t0 = time.perf_counter()
-    info = {"input": args.input, "output": args.output}
-    if args.model:
+    try:
         net = ur.load(args.model)
-        if args.operator:
-            net.check_operator(_load_array(args.operator, None, "operator"))
+    except (KeyError, AttributeError, IndexError) as exc:  # metadata that passed the digest but builds nothing
+        raise UsageError(f"{args.model}: cannot rebuild the network ({type(exc).__name__}: {exc})") from None
+    if args.operator:
+        net.check_operator(_load_array(args.operator, None, "operator"))
+
+    def apply(Y):
         with torch.no_grad():
-            X = net(torch.as_tensor(Y, dtype=net.operator.dtype)).numpy()
-        info.update(model=args.model, net=type(net).__name__, depth=net.depth)
+            X = net(torch.as_tensor(np.array(Y), dtype=net.operator.dtype)).numpy()
+        return X, None, None
+    return apply, {"model": args.model, "net": type(net).__name__, "depth": net.depth}, (net.m, net.n)
+
+
+def _method_solver(args):
+    import unrolled as ur
+    if not args.operator:
+        raise UsageError("--method needs --operator A.npy")
+    A = _load_array(args.operator, None, "operator")
+    if args.method in ur.solvers.LASSO_METHODS:
+        if args.lam is None:
+            raise UsageError(f"{args.method} solves a Lasso: give --lam")
+        solve = lambda Y: ur.lasso(A, Y, args.lam, args.method, tol=args.tol, max_iter=args.max_iter)
+    elif args.method in ur.solvers.NNLS_METHODS:
+        if args.lam is not None:
+            raise UsageError(f"--lam is for Lasso methods ({', '.join(ur.solvers.LASSO_METHODS)}); "
+                             f"{args.method} solves an NNLS")
+        solve = lambda Y: ur.nnls(A, Y, args.method, tol=args.tol, max_iter=args.max_iter)
     else:
-        if not args.operator:
-            raise SystemExit("error: --method needs --operator A.npy")
-        A = _load_array(args.operator, None, "operator")
-        if args.method in ur.solvers.LASSO_METHODS:
-            if args.lam is None:
-                raise SystemExit(f"error: {args.method} solves a Lasso: give --lam")
-            res = ur.lasso(A, Y, args.lam, args.method, tol=args.tol, max_iter=args.max_iter, progress=not args.quiet)
-        else:
-            res = ur.nnls(A, Y, args.method, tol=args.tol, max_iter=args.max_iter, progress=not args.quiet)
-        X = res.x
-        info.update(method=args.method, lam=args.lam, tol=args.tol,
-                    converged=float(np.mean(res.converged)), mean_iterations=float(np.mean(res.n_iter)))
+        raise UsageError(f"--method {args.method!r} unknown; choose one of "
+                         f"{', '.join([*ur.solvers.NNLS_METHODS, *ur.solvers.LASSO_METHODS])}")
+
+    def apply(Y):
+        res = solve(np.array(Y))  # a writable copy of the memory-mapped chunk
+        return res.x, np.asarray(res.converged), np.asarray(res.n_iter)
+    return apply, {"method": args.method, "lam": args.lam, "tol": args.tol}, A.shape
+
+
+def _output_path(name: str) -> Path:
+    """The file ``np.save(name)`` writes: ``.npy`` is appended unless present."""
+    p = Path(name)
+    return p if p.suffix == ".npy" else p.with_name(p.name + ".npy")
+
+
+class _MappedRows:
+    """The rows of a .npy file, each slice read through a fresh memory map that is closed after it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        Y = np.load(path, mmap_mode="r")
+        self.shape = (1, Y.shape[0]) if Y.ndim == 1 else Y.shape
+        del Y
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        Y = np.load(self.path, mmap_mode="r")
+        chunk = np.array(Y.reshape(self.shape)[rows])
+        del Y
+        return chunk
+
+
+class _NpyWriter:
+    """Write an (rows, width) .npy file chunk by chunk: a header, then each chunk's bytes (no
+    mapping, so the process holds only the current chunk)."""
+
+    def __init__(self, path: Path, rows: int, vector: bool):
+        self.path, self.rows, self.vector, self.fh = path, rows, vector, None
+
+    def write(self, X: np.ndarray) -> None:
+        if self.fh is None:
+            shape = (X.shape[1],) if self.vector else (self.rows, X.shape[1])
+            self.dtype = X.dtype
+            self.fh = open(self.path, "wb")  # noqa: SIM115 - closed by close(), across chunks
+            np.lib.format.write_array_header_2_0(self.fh, {"descr": np.lib.format.dtype_to_descr(X.dtype),
+                                                           "fortran_order": False, "shape": shape})
+        self.fh.write(np.ascontiguousarray(X, dtype=self.dtype).tobytes())
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            self.fh = None
+
+
+def cmd_solve(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ._threads import default_threads, threads
+    from ._validate import positive_int
+    chunk = positive_int(args.chunk, "--chunk")
+    Y = _load_array(args.input, args.key, "input", mmap=True)
+    if Y.ndim not in (1, 2) or Y.size == 0:
+        raise UsageError(f"input {args.input} must be a vector or a non-empty (batch, m) array, got shape {Y.shape}")
+    rows, vector = (Y.reshape(1, -1) if Y.ndim == 1 else Y), Y.ndim == 1
+    if isinstance(Y, np.memmap):  # map the file anew for each chunk: pages read are released with it
+        del Y, rows
+        rows = _MappedRows(args.input)
+    out = _output_path(args.output)
+    t0 = time.perf_counter()
+    apply, info, (m, n) = (_model_solver if args.model else _method_solver)(args)
+    n_threads = args.threads if args.threads is not None else default_threads(min(chunk, len(rows)), m, n)
+    info = {"input": args.input, "output": str(out), **info}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    writer, converged, iterations = _NpyWriter(tmp, len(rows), vector), 0.0, 0.0
+    try:
+        with threads(n_threads):
+            for i in tqdm(range(0, len(rows), chunk), desc="solve", unit="chunk", disable=args.quiet):
+                X, conv, its = apply(rows[i:i + chunk])
+                writer.write(np.atleast_2d(X))
+                if conv is not None:
+                    converged += float(np.sum(conv))
+                    iterations += float(np.sum(its))
+        writer.close()
+        tmp.replace(out)
+    finally:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+    if not args.model:
+        info.update(converged=converged / len(rows), mean_iterations=iterations / len(rows))
     info["seconds"] = round(time.perf_counter() - t0, 4)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.output, X)
-    Path(args.output).with_suffix(".json").write_text(json.dumps(info, indent=2))
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))
     return 0
 
 
 def cmd_reproduce(args) -> int:
+    from ._threads import threads
     from .experiments import available, reproduce
     if args.list or not args.name:
         for name, e in available().items():
             print(f"{name:26s} {e['paper']:12s} {e['what']}")
         return 0
-    try:
+    with threads(args.threads):
         reproduce(args.name, quick=args.quick, out=args.out, seed=args.seed)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}")
     return 0
 
 
@@ -149,6 +337,9 @@ def cmd_demo(args) -> int:
     from .experiments.xie2019 import demo
     demo(Path(args.out), quick=args.quick)
     return 0
+
+
+THREADS_HELP = "torch threads for the command (default: one for small problems, else torch's own count)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,12 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--list", action="store_true")
+    r.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own count)")
     r.set_defaults(fn=cmd_reproduce)
 
     t = sub.add_parser("train", help="train a network from a TOML config (checkpoints, resumes)")
     t.add_argument("config")
     t.add_argument("--out", default=None)
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--fresh", action="store_true", help="discard the previous run in --out instead of resuming")
+    t.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     t.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("solve", help="apply a trained model or a classical solver to a .npy/.npz")
@@ -180,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lam", type=float, default=None)
     s.add_argument("--tol", type=float, default=1e-6)
     s.add_argument("--max-iter", type=int, default=10_000)
+    s.add_argument("--chunk", type=int, default=65536, help="rows solved at a time (bounds the memory)")
+    s.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_solve)
 
@@ -192,18 +388,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(args) -> int:
+    """Run the command; every error becomes one line on stderr and an exit status."""
+    try:
+        return args.fn(args)
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; use smaller data or batches (solve: --chunk)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its options belong to bench.main
         from .bench import main as bench_main
         bench_main(argv[1:])
         return 0
-    args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return _run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""Layer-wise schedules for deep unrolled networks, built on :func:`unrolled.train.train`.
+"""Layer-wise schedules for deep unrolled networks, built on :func:`unrolled.training.train`.
 
 * greedy nested training (``refine=False``): stage k trains only the new layers, the first
   ones stay frozen, so the depth-k prefix after stage k is the k-layer network; this is the
@@ -15,7 +15,7 @@ import torch
 
 from ._validate import choice, positive_int
 from .metrics import nmse_db
-from .train import LOSSES, lasso_targets, train
+from .training import LOSSES, lasso_targets, train
 
 
 def _layer_params(net, layers, select=None) -> list:

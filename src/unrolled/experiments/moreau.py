@@ -68,7 +68,7 @@ def _fit_unsupervised(net, Ytr, Yval, *, epochs_scalar: int, epochs_all: int, lr
     Model selection on the validation set: the analytic initialisation (= ISTA) is kept if
     training does not beat it.
     """
-    from ..train import train
+    from ..training import train
     from ..staged import evaluate_layers, train_staged
 
     def val_obj():
@@ -426,7 +426,7 @@ def chen_cpss(quick: bool, out: Path, seed: int = 0) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from ..data.lasso import gaussian_dictionary, sparse_measurements
-    from ..train import train
+    from ..training import train
     from ..staged import evaluate_layers, train_staged
     t0 = time.perf_counter()
     m, n = (100, 200) if quick else (250, 500)

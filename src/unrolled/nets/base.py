@@ -17,8 +17,8 @@ import copy
 import hashlib
 import json
 import os
-from pathlib import Path
 import tempfile
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -249,7 +249,12 @@ class UnrolledNet(nn.Module):
         return Path(path)
 
 
-def _digest(tensors: dict) -> str:
+DIGEST_COVERS = "tensors+meta"   # header["covers"]; files without it (before 0.2) digest the tensors only
+MAX_DEPTH = 100_000
+
+
+def _digest(tensors: dict, meta_json: str | None = None) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, then the metadata's JSON text."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -257,20 +262,44 @@ def _digest(tensors: dict) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if meta_json is not None:
+        h.update(b"\0meta\0")
+        h.update(meta_json.encode())
     return h.hexdigest()
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temps(path) -> None:
+    """Remove the temporary files a killed :func:`save_tensors` of ``path`` left behind."""
+    path = Path(path)
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f"{_temp_prefix(path)}*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_tensors(path, tensors: dict, meta: dict) -> None:
-    """safetensors file with JSON metadata and a digest; written to a temp file then renamed."""
+    """safetensors file with JSON metadata and a digest over both; written to a temp file
+    (mode 0666 less the umask, like other outputs), synced, then renamed over ``path``."""
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = {"meta": json.dumps(meta, sort_keys=True), "digest": _digest(tensors)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    meta_json = json.dumps(meta, sort_keys=True)
+    header = {"meta": meta_json, "digest": _digest(tensors, meta_json), "covers": DIGEST_COVERS}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -279,8 +308,30 @@ def save_tensors(path, tensors: dict, meta: dict) -> None:
             os.unlink(tmp)
 
 
+def _check_meta(path: Path, meta) -> dict:
+    """Refuse metadata whose shape no unrolled version writes (it would build the wrong thing)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: metadata is not a JSON object")
+    model = meta.get("model", meta)  # a checkpoint nests the model's metadata
+    if not isinstance(model, dict):
+        raise ValueError(f"{path}: metadata 'model' is not a JSON object")
+    for key, kind in (("format", str), ("class", str), ("fingerprint", str), ("config", dict), ("shape", list)):
+        if key in model and not isinstance(model[key], kind):
+            raise ValueError(f"{path}: metadata {key!r} must be a {kind.__name__}, got {model[key]!r}")
+        if key not in model and "format" in model:  # a network's metadata has them all
+            raise ValueError(f"{path}: metadata has no {key!r}")
+    depth = model.get("config", {}).get("depth", 1)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
+        raise ValueError(f"{path}: metadata depth must be an integer in [1, {MAX_DEPTH}], got {depth!r}")
+    return meta
+
+
 def load_tensors(path) -> tuple[dict, dict]:
-    """Read a file written by :func:`save_tensors`; refuse a truncated or edited one."""
+    """Read a file written by :func:`save_tensors`; refuse a truncated or edited one.
+
+    The digest covers the tensors and the metadata (files from before 0.2, marked by the
+    absence of ``covers`` in the header, cover the tensors only and are checked for that).
+    """
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
@@ -293,9 +344,17 @@ def load_tensors(path) -> tuple[dict, dict]:
         raise ValueError(f"{path} is not a readable unrolled file (truncated or corrupted): {exc}") from None
     if "meta" not in header or "digest" not in header:
         raise ValueError(f"{path} has no unrolled metadata; was it written by unrolled?")
-    if _digest(tensors) != header["digest"]:
+    covers = header.get("covers")
+    if covers not in (None, DIGEST_COVERS):
+        raise ValueError(f"{path}: unknown digest kind {covers!r} (written by a newer unrolled?)")
+    expected = _digest(tensors, header["meta"] if covers else None)
+    if expected != header["digest"]:
         raise ValueError(f"{path} was modified after it was written (digest mismatch)")
-    return tensors, json.loads(header["meta"])
+    try:
+        meta = json.loads(header["meta"])
+    except ValueError:
+        raise ValueError(f"{path}: its metadata is not valid JSON") from None
+    return tensors, _check_meta(path, meta)
 
 
 def _saved_operator(tensors: dict, config: dict):
