@@ -6,8 +6,7 @@ by unrolling their steps (``unrolled.nets``). See the README for the list and so
 from .operators import Conv2dOperator, DenseOperator, Operator, as_operator
 from .problems import MLBP, NNLS, Lasso
 from .solve import Result
-from .solvers import lasso, nnls
-from .algorithms.mlbp import ml_bp
+from .solvers import lasso, ml_bp, nnls
 from . import data, metrics, nets
 from .nets import load
 from .train import TrainHistory, train

@@ -22,13 +22,14 @@ class ISTA:
         self.alpha = 1.0 / problem.op.lipschitz if step is None else nonnegative_float(step, "step", strict=True)
         self.grad_step = GradientStep(problem.op, self.alpha)
         self.thresh = problem.lam * self.alpha
+        self.shrink = (lambda U, t: (U - t).clamp_min(0)) if problem.positive else soft_threshold
 
     def init(self, Y, X0):
         z = torch.zeros(Y.shape[0], self.problem.op.n, dtype=Y.dtype, device=Y.device) if X0 is None else X0.clone()
         return {"x": z, "b": self.grad_step.offset(Y)}
 
     def step(self, state, k):
-        state["x"] = soft_threshold(self.grad_step(state["x"], state["b"]), self.thresh)
+        state["x"] = self.shrink(self.grad_step(state["x"], state["b"]), self.thresh)
 
 
 class FISTA(ISTA):
@@ -98,7 +99,7 @@ class FISTA(ISTA):
             low = False
         key = "z" if low else "x"
         z, w, t = state[key], state["w"], state["t"]
-        z_new = soft_threshold((self.grad_low if low else self.grad_step)(w, state["b"]), self.thresh)
+        z_new = self.shrink((self.grad_low if low else self.grad_step)(w, state["b"]), self.thresh)
         t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
         diff = z_new - z
         if self.restart:
