@@ -47,7 +47,10 @@ def _check_scale(op: Operator, Y: torch.Tensor, name: str) -> None:
     A zero operator passes (its answer is x = 0); ``‖A‖₂² = op.lipschitz`` is computed in float64.
     """
     lo, hi = _magnitude_range(Y.dtype)
-    L = op.lipschitz
+    try:
+        L = op.lipschitz
+    except OverflowError:  # float(s) ** 2 in Python
+        L = math.inf
     if not math.isfinite(L):
         raise ValueError(f"{name} is too large: ‖{name}‖₂² overflows (inf); rescale {name} and Y "
                          f"(norms must lie in [{lo:.1e}, {hi:.1e}] for {Y.dtype})")
