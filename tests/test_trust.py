@@ -23,6 +23,7 @@ def _f(A, X, Y):
 def normalised_nnls(A, Y):
     """SciPy's exact NNLS on A diag(1/c) (c = column norms), mapped back: immune to column scale."""
     c = np.linalg.norm(A, axis=0)
+    c[c == 0] = 1.0
     return np.stack([scipy_nnls(A / c, y, maxiter=100 * A.shape[1])[0] for y in np.atleast_2d(Y)]) / c
 
 
@@ -257,3 +258,82 @@ def test_default_history_is_bounded_by_checks_not_problems():
     assert full.history["objective"].shape == (51, 500)
     with pytest.raises(ValueError, match="history"):
         ur.nnls(A, Y, history="all")
+
+
+# ---------------------------------------------------------------- the "must hold" of #8, by hypothesis
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+PROPERTY = settings(max_examples=30, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+TOL = {np.float64: 1e-6, np.float32: 1e-4}
+
+
+@st.composite
+def matrices(draw, max_m=12, max_n=12, bits=20):
+    """Random shapes; column scalings over 12 orders of magnitude (2^-20 … 2^20, exact in both
+    dtypes); exactly rank-deficient (a product of small integer factors, so that rounding does
+    not turn it into a merely ill-conditioned one) and exactly duplicated columns; float32/float64."""
+    m, n = draw(st.integers(2, max_m)), draw(st.integers(1, max_n))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 31)))
+    rank = draw(st.integers(1, min(m, n)))
+    if rank < min(m, n):
+        A = (rng.integers(-3, 4, (m, rank)) @ rng.integers(-3, 4, (rank, n))).astype(np.float64)
+    else:
+        A = rng.standard_normal((m, n))
+    A *= 2.0 ** rng.integers(-bits, bits + 1, n)
+    if n > 1 and draw(st.booleans()):
+        A[:, -1] = A[:, 0]
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    Y = rng.standard_normal((3, m)) * 10.0 ** rng.uniform(-3, 3)
+    return A.astype(dtype), Y.astype(dtype), dtype
+
+
+def _excess_is_within_tol(f, f_ref, scale, converged, dtype):
+    """converged ⇒ f − f* ≤ tol·f* + the rounding of x to ``dtype`` ((10³ε)²·½‖y‖²: f* may be 0)."""
+    allowed = TOL[dtype] * f_ref + (1e3 * np.finfo(dtype).eps) ** 2 * scale
+    return not (converged & (f - f_ref > allowed)).any()
+
+
+@PROPERTY
+@given(matrices())
+def test_property_nnls_default_never_certifies_a_wrong_answer(data):
+    A, Y, dtype = data
+    res = ur.nnls(A, Y, tol=TOL[dtype])
+    assert res.converged.all()  # the default (exact active set here) solves every one
+    A64, Y64 = A.astype(np.float64), Y.astype(np.float64)
+    ref = normalised_nnls(A64, Y64)
+    f, f_ref = _f(A64, res.x.astype(np.float64), Y64), _f(A64, ref, Y64)
+    assert _excess_is_within_tol(f, f_ref, 0.5 * (Y64 ** 2).sum(1), res.converged, dtype), (f, f_ref)
+
+
+@PROPERTY
+@given(matrices(), st.floats(0.05, 0.9))
+def test_property_lasso_default_never_certifies_a_wrong_answer(data, frac):
+    from sklearn.linear_model import Lasso as SkLasso
+    D, Y, dtype = data
+    D64, Y64 = D.astype(np.float64), Y.astype(np.float64)
+    lam = frac * float(np.abs(Y64 @ D64).max())
+    res = ur.lasso(D, Y, lam, tol=TOL[dtype])
+    m = D.shape[0]
+    for i, y in enumerate(Y64):
+        sk = SkLasso(alpha=lam / m, fit_intercept=False, tol=1e-14, max_iter=100_000).fit(D64, y)
+        f_sk = _f(D64, sk.coef_, y)[0] + lam * np.abs(sk.coef_).sum()
+        x = np.asarray(res.x[i], dtype=np.float64)
+        f = _f(D64, x, y)[0] + lam * np.abs(x).sum()
+        assert _excess_is_within_tol(f, f_sk, 0.5 * (y ** 2).sum(), res.converged[i], dtype), (f, f_sk)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(matrices(max_m=8, max_n=8, bits=5), st.integers(2, 8), st.floats(0.05, 0.5), st.floats(0.0, 0.5))
+def test_property_ml_bp_default_never_certifies_a_wrong_answer(data, n2, frac, frac1):
+    D1, Y, dtype = data
+    D2 = np.random.default_rng(n2).standard_normal((D1.shape[1], n2)).astype(dtype)
+    D1_64, D2_64, Y64 = D1.astype(np.float64), D2.astype(np.float64), Y.astype(np.float64)
+    lam2 = frac * float(np.abs(Y64 @ D1_64 @ D2_64).max())
+    lams = [frac1 * lam2, lam2]
+    res = ur.ml_bp([D1, D2], Y, lams, tol=TOL[dtype], max_iter=500)
+    ref = ur.ml_bp([D1_64, D2_64], Y64, lams, "admm", tol=1e-10, max_iter=3000, inner_iter=300)
+    G = np.asarray(res.x, dtype=np.float64)
+    f = _f(D1_64 @ D2_64, G, Y64) + lams[0] * np.abs(G @ D2_64.T).sum(1) + lams[1] * np.abs(G).sum(1)
+    assert _excess_is_within_tol(f, ref.objective, 0.5 * (Y64 ** 2).sum(1), res.converged, dtype), (f, ref.objective)
+

@@ -8,7 +8,8 @@ build the method from the operator's analytic parameters, and run it batched wit
 Default routes (``method=None``), chosen by measured size thresholds (``unrolled bench``
 reports them): NNLS by the exact active set when A is dense with at most
 ``ACTIVE_SET_MAX_N`` columns, otherwise APGD with Nesterov momentum and adaptive restart;
-the Lasso by FISTA with adaptive restart and support polish; ML-BP by ADMM, certified by
+the Lasso by FISTA with adaptive restart and support polish, iterating in float32 when the
+data are float64 and fit float32's range (the certificate stays in float64); ML-BP by ADMM, certified by
 its relative duality gap. The papers' variants stay available by name with their defaults.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .solve import Result, finish, iterate
 
 NNLS_METHODS = {"pgd": PGD, "apgd": APGD, "ogd": OGD, "active-set": ActiveSet}
 LASSO_METHODS = {"ista": ISTA, "fista": FISTA, "oista": OISTA}
-ACTIVE_SET_MAX_N = 200
+ACTIVE_SET_MAX_N = 64
 MLBP_PROBLEM_OPTIONS = ("steps", "mu_scale")
 
 
@@ -66,6 +67,13 @@ def _check_scale(op: Operator, Y: torch.Tensor, name: str) -> None:
                          f"for {Y.dtype} (½‖y‖² would over- or underflow); rescale {name} and Y")
     if L > 0 and not bool(torch.isfinite(op.adjoint(Y)).all()):
         raise ValueError(f"{name}ᵀY overflows (inf); rescale {name} and Y")
+
+
+def _fits(op: Operator, Y: torch.Tensor, dtype) -> bool:
+    """Whether the problem's magnitudes lie in the safe range of ``dtype`` too (for iterating in it)."""
+    lo, hi = _magnitude_range(dtype)
+    peak = float(Y.abs().max())
+    return lo <= math.sqrt(op.lipschitz) <= hi and (peak == 0 or lo <= peak <= hi)
 
 
 def _setup(A, Y, x0, *, nonnegative_x0=False, name="A"):
@@ -173,7 +181,8 @@ def lasso(D, Y, lam: float, method: str | None = None, *, positive: bool = False
         λ ≥ 0 (λ = 0 is least squares).
     method : str, optional
         ``None`` (default): FISTA with adaptive restart and support polish (no polish for
-        ``positive`` or a matrix-free D). By name: ``"ista"``, ``"fista"`` (``restart``,
+        ``positive`` or a matrix-free D), iterating in float32 for float64 data that fit its
+        range (the certificate and polish stay in float64). By name: ``"ista"``, ``"fista"`` (``restart``,
         ``polish``, ``precision="float32"``) or ``"oista"`` (Moreau talk).
     positive : bool
         Solve the non-negative Lasso (z ≥ 0), which the ``nonneg`` LISTA nets assume.
@@ -194,6 +203,8 @@ def lasso(D, Y, lam: float, method: str | None = None, *, positive: bool = False
     if method is None:
         method = "fista"
         defaults = {"restart": True, "polish": isinstance(op, DenseOperator) and not positive}
+        if op.dtype == torch.float64 and op.lipschitz > 0 and _fits(op, Y_t, torch.float32):
+            defaults["precision"] = "float32"
         options = {**defaults, **options}
     choice(method, "method", LASSO_METHODS)
     if positive and (method == "oista" or options.get("polish")):

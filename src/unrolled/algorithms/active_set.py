@@ -28,7 +28,9 @@ would lose every digit of the small column and a threshold relative to ‖Aᵀy�
 its gradient zero.
 
 d = ‖(I − Π_P) a_j‖² > 0 is the squared distance of column j to span(A_P); a column
-with d ≤ 1e3·ε·G_jj is (numerically) dependent and is skipped for that row. Each
+with d ≤ 1e-10·G_jj (an angle below 1e-5 to span(A_P)) is (numerically) dependent and is
+skipped for that row: d comes from the updated inverse, whose rounding grows along a long
+add/remove path, and a tighter test let an exactly dependent column in. Each
 solve is followed by one step of iterative refinement s ← s + H (Aᵀy − AᵀA s)_P, so
 the result matches a QR-based LH (SciPy's ``nnls``) to rounding.
 """
@@ -84,7 +86,7 @@ class ActiveSet:
         self.problem, self.A = problem, A
         self.m, self.n, self.k = m, n, min(m, n)
         self.warm_start, self.rtol, self.refine = int(warm_start), float(rtol), int(refine)
-        self.dtol = 1e3 * eps
+        self.dtol = 1e-10
         # Gram padded with a zero row/column: index n is the "empty slot" column
         self.G_pad = F.pad(A.T @ A, (0, 1, 0, 1))
         self.A_pad = F.pad(A, (0, 1))
