@@ -137,12 +137,16 @@ def test_fista_speed_options_reach_the_same_optimum(kw):
 
 def test_bench_quick_accuracy_column(capsys, tmp_path):
     out = tmp_path / "bench.json"
-    results = bench.main(["--quick", "--sets", "nnls-10x20,lasso-64x256", "--out", str(out)])
+    results = bench.main(["--quick", "--sets", "nnls-10x20,lasso-64x256,memory", "--out", str(out)])
     assert out.exists()
     printed = capsys.readouterr().out
     assert "nnls-10x20" in printed and "µs/problem" in printed
     xie = {r["method"]: r for r in results["sets"]["nnls-10x20"]["rows"]}
     assert xie["active-set f64 (exact)"]["accuracy"] < 1e-12
+    assert xie["default ur.nnls(A, Y)"]["accuracy"] < 1e-10
+    assert "default ur.lasso(D, Y, λ)" in {r["method"] for r in results["sets"]["lasso-64x256"]["rows"]}
+    mem = results["sets"]["memory"]
+    assert mem["converged"] == mem["problems"] and mem["peak_rss_mib"] >= mem["peak_rss_mib_data"] > 0
     assert all(r["accuracy"] < 1e-6 for r in xie.values())
     for r in results["sets"]["lasso-64x256"]["rows"]:
         assert r["accuracy"] < 1e-6, r

@@ -220,7 +220,7 @@ class ActiveSet:
         c = torch.where(add, 1.0 / d, torch.where(infeasible, -1.0 / h_ff, torch.zeros_like(d)))
         c = torch.nan_to_num_(c, nan=0.0, posinf=0.0, neginf=0.0)
         v = torch.where(add.unsqueeze(1), v_add, v_rm)
-        H.addcmul_((c.unsqueeze(1) * v).unsqueeze(2), v.unsqueeze(1))
+        H.baddbmm_((c.unsqueeze(1) * v).unsqueeze(2), v.unsqueeze(1))  # in place: no (B, k, k) temporary
         r_idx = infeasible.nonzero().squeeze(1)
         if len(r_idx):
             f = f_rm[r_idx]
