@@ -143,7 +143,7 @@ def test_bench_quick_accuracy_column(capsys, tmp_path):
     assert "nnls-10x20" in printed and "µs/problem" in printed
     xie = {r["method"]: r for r in results["sets"]["nnls-10x20"]["rows"]}
     assert xie["active-set f64 (exact)"]["accuracy"] < 1e-12
-    assert xie["default ur.nnls(A, Y)"]["accuracy"] < 1e-10
+    assert xie["default ur.nnls(A, Y)"]["accuracy"] < 1e-6
     assert "default ur.lasso(D, Y, λ)" in {r["method"] for r in results["sets"]["lasso-64x256"]["rows"]}
     mem = results["sets"]["memory"]
     assert mem["converged"] == mem["problems"] and mem["peak_rss_mib"] >= mem["peak_rss_mib_data"] > 0
