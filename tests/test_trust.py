@@ -337,3 +337,19 @@ def test_property_ml_bp_default_never_certifies_a_wrong_answer(data, n2, frac, f
     f = _f(D1_64 @ D2_64, G, Y64) + lams[0] * np.abs(G @ D2_64.T).sum(1) + lams[1] * np.abs(G).sum(1)
     assert _excess_is_within_tol(f, ref.objective, 0.5 * (Y64 ** 2).sum(1), res.converged, dtype), (f, ref.objective)
 
+
+
+def test_chunked_batch_equals_one_batch():
+    """Large batches are solved CHUNK rows at a time: same answers, summaries chunk after chunk."""
+    from unrolled.problems import NNLS
+    from unrolled.solve import iterate
+    from unrolled.algorithms.active_set import ActiveSet
+    rng = np.random.default_rng(0)
+    A, Y = torch.from_numpy(rng.random((10, 20))), torch.from_numpy(rng.random((7, 10)))
+    prob = NNLS(ur.DenseOperator(A))
+    one = iterate(ActiveSet(prob), prob, Y, None, tol=1e-9, max_iter=100, chunk=None)
+    parts = iterate(ActiveSet(prob), prob, Y, None, tol=1e-9, max_iter=100, chunk=3)
+    torch.testing.assert_close(parts.x, one.x, rtol=1e-12, atol=1e-12)  # BLAS rounding differs with the batch size
+    np.testing.assert_array_equal(parts.n_iter, one.n_iter)
+    np.testing.assert_array_equal(parts.converged, one.converged)
+    assert set(parts.history["chunk"]) == {0, 1, 2} and "chunk" not in one.history

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ._validate import Kind, choice, nonnegative_float, positive_int
 
 HISTORY = ("summary", "full")
+CHUNK = 65_536  # rows solved at a time by default (summary history): bounds the working memory
 
 
 @dataclass
@@ -36,7 +37,8 @@ class Result:
     history : dict of ndarray
         ``iteration`` and ``time`` (s), shape (checks,), and per check the summaries of the
         problems still running at it: ``objective_mean``, ``certificate_max`` and
-        ``certificate_median`` (shape (checks,)). With ``history="full"`` also ``objective``
+        ``certificate_median`` (shape (checks,)); for a batch solved in chunks also ``chunk``
+        (the chunk of each check; the chunks' summaries follow each other). With ``history="full"`` also ``objective``
         and ``certificate`` of every problem at every check, shape (checks, batch) (frozen
         once a problem converged; (checks,) for a vector y): memory grows with batch × checks.
     objective : float or ndarray, (batch,)
@@ -95,17 +97,35 @@ class _History:
 
 def iterate(method, problem, Y: torch.Tensor, X0: torch.Tensor | None, *, tol: float, max_iter: int,
             check_every: int = 1, progress: bool = False, kind: Kind | None = None,
-            history: str = "summary") -> Result:
+            history: str = "summary", chunk: int | None = CHUNK) -> Result:
     """Run ``method`` on every row of ``Y`` until ``problem.certificate <= tol`` or ``max_iter``.
 
     The certificate is checked at the start too, so a warm start already within ``tol``
     returns after 0 iterations. ``history`` is ``"summary"`` (per-check summaries) or
-    ``"full"`` (also every problem's objective and certificate at every check).
+    ``"full"`` (also every problem's objective and certificate at every check). With the
+    summary history, a batch of more than ``chunk`` rows is solved ``chunk`` rows at a time
+    (bounding the method's working memory); the summaries of the chunks then follow each
+    other and ``history["chunk"]`` gives the chunk of each check.
     """
     tol = nonnegative_float(tol, "tol")
     max_iter = positive_int(max_iter, "max_iter")
     check_every = positive_int(check_every, "check_every")
-    hist = _History(choice(history, "history", HISTORY) == "full")
+    full = choice(history, "history", HISTORY) == "full"
+    args = (method, problem, tol, max_iter, check_every, progress, full)
+    if full or chunk is None or Y.shape[0] <= chunk:
+        out = _run(Y, X0, *args)
+        return finish(*out[:5], out[5].arrays(bool(kind and kind.vector)), out[6], kind)
+    parts = [_run(Y[i:i + chunk], None if X0 is None else X0[i:i + chunk], *args) for i in range(0, Y.shape[0], chunk)]
+    merged = [torch.cat([p[j] for p in parts]) for j in range(5)]
+    hists = [p[5].arrays(False) for p in parts]
+    history = {key: np.concatenate([h[key] for h in hists]) for key in hists[0]}
+    history["chunk"] = np.concatenate([np.full(len(h["iteration"]), i) for i, h in enumerate(hists)])
+    return finish(*merged, history, parts[0][6], kind)
+
+
+def _run(Y, X0, method, problem, tol, max_iter, check_every, progress, full):
+    """One batch to convergence: (x, n_iter, converged, objective, certificate, history, certified)."""
+    hist = _History(full)
     B = Y.shape[0]
     state = method.init(Y, X0)
     state["y"] = Y
@@ -161,7 +181,7 @@ def iterate(method, problem, Y: torch.Tensor, X0: torch.Tensor | None, *, tol: f
         if len(active):
             x_out[active] = state["x"]
     bar.close()
-    return finish(x_out, n_iter, converged, obj, cert, hist.arrays(bool(kind and kind.vector)), certified, kind)
+    return x_out, n_iter, converged, obj, cert, hist, certified
 
 
 def finish(x, n_iter, converged, obj, cert, history: dict, certified: str, kind: Kind | None) -> Result:
