@@ -9,7 +9,7 @@ import torch
 from sklearn.linear_model import Lasso as SkLasso
 
 import unrolled as ur
-from unrolled.algorithms.lasso import FISTA, ISTA
+from unrolled.algorithms.lasso import ISTA
 from unrolled.operators import DenseOperator
 from unrolled.problems import Lasso
 

@@ -37,7 +37,6 @@ import warnings
 import numpy as np
 import torch
 
-from .algorithms.active_set import ActiveSet
 from .data import equiregularized_signals, gaussian_nonnegative, sparse_nonnegative
 from .algorithms.lasso import FISTA
 from .algorithms.nnls import APGD
