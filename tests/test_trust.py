@@ -73,6 +73,22 @@ def test_converged_only_at_the_optimum_whatever_the_column_scale(case, call):
         assert res.converged.all() and (excess <= 1e-10).all(), excess
 
 
+def test_default_route_for_wide_problems_finishes_badly_scaled_rows_exactly():
+    """n > ACTIVE_SET_MAX_N: APGD first, then the active set for the rows APGD cannot certify."""
+    from unrolled.solvers import ACTIVE_SET_MAX_N
+    rng = np.random.default_rng(8)
+    n = ACTIVE_SET_MAX_N + 16
+    A, Y = rng.standard_normal((2 * n, n)), rng.standard_normal((3, 2 * n))
+    A[:, 3] *= 1e8
+    A[:, 7] *= 1e10
+    ref = normalised_nnls(A, Y)
+    res = ur.nnls(A, Y, tol=1e-8, max_iter=2000)
+    assert res.converged.all() and "active_set" in res.history
+    np.testing.assert_allclose(_f(A, res.x, Y), _f(A, ref, Y), rtol=1e-10)
+    easy = ur.nnls(A[:, :n - 1] / np.linalg.norm(A[:, :n - 1], axis=0), Y, tol=1e-8)
+    assert easy.converged.all() and "active_set" not in easy.history
+
+
 def test_spread_columns_optimum_has_two_nonzeros():
     A, Y = spread_columns()
     ref = normalised_nnls(A, Y)

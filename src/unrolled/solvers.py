@@ -7,7 +7,8 @@ build the method from the operator's analytic parameters, and run it batched wit
 
 Default routes (``method=None``), chosen by measured size thresholds (``unrolled bench``
 reports them): NNLS by the exact active set when A is dense with at most
-``ACTIVE_SET_MAX_N`` columns, otherwise APGD with Nesterov momentum and adaptive restart;
+``ACTIVE_SET_MAX_N`` columns, otherwise APGD with Nesterov momentum and adaptive restart
+whose uncertified rows the active set finishes;
 the Lasso by FISTA with adaptive restart and support polish, iterating in float32 when the
 data are float64 and fit float32's range (the certificate stays in float64); ML-BP by ADMM, certified by
 its relative duality gap. The papers' variants stay available by name with their defaults.
@@ -126,7 +127,9 @@ def nnls(A, Y, method: str | None = None, *, tol: float = 1e-6, max_iter: int = 
         Measurements, one problem per row.
     method : str, optional
         ``None`` (default): the fastest certified route, the exact active set for a dense A
-        with n ≤ ``ACTIVE_SET_MAX_N``, else APGD with Nesterov momentum and restart.
+        with n ≤ ``ACTIVE_SET_MAX_N``, else APGD with Nesterov momentum and restart, whose
+        uncertified rows (badly scaled, ill-conditioned) the active set then finishes
+        (``n_iter`` adds both; ``history["active_set"]`` is the second stage's history).
         By name: ``"pgd"`` (xie2019 eq. 1.4), ``"apgd"`` (eq. 1.5–1.6; ``gamma=0.9``,
         ``momentum="constant"|"nesterov"``, ``restart``), ``"ogd"`` (sen2024 eq. 3;
         ``power=2``) or ``"active-set"`` (Lawson–Hanson, exact; ``warm_start``, ``rtol``).
@@ -152,14 +155,35 @@ def nnls(A, Y, method: str | None = None, *, tol: float = 1e-6, max_iter: int = 
     """
     op, Y_t, X0, kind = _setup(A, Y, x0, nonnegative_x0=True)
     problem = NNLS(op)
-    if method is None:
+    auto = method is None
+    if auto:
         method, defaults = _nnls_route(op)
         options = {**defaults, **options}
     choice(method, "method", NNLS_METHODS)
     if op.lipschitz == 0:
         return _zero_answer(problem, op.n, Y_t, kind, problem.certified)
-    return iterate(NNLS_METHODS[method](problem, **options), problem, Y_t, X0, tol=tol, max_iter=max_iter,
-                   check_every=check_every, progress=progress, kind=kind, history=history)
+    run = dict(tol=tol, max_iter=max_iter, check_every=check_every, progress=progress, history=history)
+    if not (auto and method == "apgd" and isinstance(op, DenseOperator)):
+        return iterate(NNLS_METHODS[method](problem, **options), problem, Y_t, X0, kind=kind, **run)
+    res = iterate(APGD(problem, **options), problem, Y_t, X0, **run)
+    return _finish_by_active_set(problem, Y_t, res, kind, run)
+
+
+def _finish_by_active_set(problem: NNLS, Y: torch.Tensor, res: Result, kind, run: dict) -> Result:
+    """The default route's second stage: rows APGD left uncertified (ill-conditioned or badly
+    scaled ones) are finished by the exact active set, warm-started at APGD's point, a bounded
+    number of rows at a time (its inverses take k² numbers per row, k = min(m, n))."""
+    x, n_iter, conv = res.x, torch.as_tensor(res.n_iter), torch.as_tensor(res.converged)
+    obj, cert = torch.as_tensor(res.objective), torch.as_tensor(res.certificate)
+    rows = (~conv).nonzero().squeeze(1)
+    if len(rows):
+        k = min(problem.op.shape)
+        rest = iterate(ActiveSet(problem), problem, Y[rows], x[rows], **run, chunk=max(1, 2 ** 24 // k ** 2))
+        x[rows], n_iter[rows] = rest.x, n_iter[rows] + torch.as_tensor(rest.n_iter)
+        conv[rows], obj[rows], cert[rows] = (torch.as_tensor(v) for v in (rest.converged, rest.objective,
+                                                                          rest.certificate))
+        res.history["active_set"] = rest.history
+    return finish(x, n_iter, conv, obj, cert, res.history, res.certified, kind)
 
 
 def lasso(D, Y, lam: float, method: str | None = None, *, positive: bool = False, tol: float = 1e-6,
