@@ -339,7 +339,7 @@ def test_property_lasso_default_never_certifies_a_wrong_answer(data, frac):
         assert _excess_is_within_tol(f, f_sk, 0.5 * (y ** 2).sum(), res.converged[i], dtype), (f, f_sk)
 
 
-@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(matrices(max_m=8, max_n=8, bits=5), st.integers(2, 8), st.floats(0.05, 0.5), st.floats(0.0, 0.5))
 def test_property_ml_bp_default_never_certifies_a_wrong_answer(data, n2, frac, frac1):
     D1, Y, dtype = data
@@ -347,8 +347,8 @@ def test_property_ml_bp_default_never_certifies_a_wrong_answer(data, n2, frac, f
     D1_64, D2_64, Y64 = D1.astype(np.float64), D2.astype(np.float64), Y.astype(np.float64)
     lam2 = frac * float(np.abs(Y64 @ D1_64 @ D2_64).max())
     lams = [frac1 * lam2, lam2]
-    res = ur.ml_bp([D1, D2], Y, lams, tol=TOL[dtype], max_iter=500)
-    ref = ur.ml_bp([D1_64, D2_64], Y64, lams, "admm", tol=1e-10, max_iter=3000, inner_iter=300)
+    res = ur.ml_bp([D1, D2], Y, lams, tol=TOL[dtype], max_iter=200)   # (ADMM's inner loop is costly)
+    ref = ur.ml_bp([D1_64, D2_64], Y64, lams, "admm", tol=1e-10, max_iter=2000, inner_iter=200)
     G = np.asarray(res.x, dtype=np.float64)
     f = _f(D1_64 @ D2_64, G, Y64) + lams[0] * np.abs(G @ D2_64.T).sum(1) + lams[1] * np.abs(G).sum(1)
     assert _excess_is_within_tol(f, ref.objective, 0.5 * (Y64 ** 2).sum(1), res.converged, dtype), (f, ref.objective)
