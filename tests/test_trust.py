@@ -369,3 +369,11 @@ def test_chunked_batch_equals_one_batch():
     np.testing.assert_array_equal(parts.n_iter, one.n_iter)
     np.testing.assert_array_equal(parts.converged, one.converged)
     assert set(parts.history["chunk"]) == {0, 1, 2} and "chunk" not in one.history
+
+
+def test_matrix_free_column_norms_equal_the_dense_ones():
+    """The NNLS certificate needs ‖a_j‖: computed chunk by chunk for a convolution, never as an n × n identity."""
+    from unrolled.problems import column_norms
+    kernel = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 3)))
+    op = ur.Conv2dOperator(kernel, (9, 7))
+    torch.testing.assert_close(column_norms(op, chunk=5), column_norms(ur.DenseOperator(op.matrix())))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .algorithms._common import soft_threshold
-from .operators import Operator
+from .operators import DenseOperator, Operator
 
 
 def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -27,9 +27,17 @@ def row_norm(R: torch.Tensor) -> torch.Tensor:
     return (R / safe).norm(dim=1) * peak.squeeze(1)
 
 
-def column_norms(op: Operator) -> torch.Tensor:
-    """‖a_j‖₂ of every column of the operator (n,); zero columns get 1 (they carry no signal)."""
-    c = row_norm(op.matrix().T)
+def column_norms(op: Operator, chunk: int = 256) -> torch.Tensor:
+    """‖a_j‖₂ = ‖A e_j‖₂ of every column (n,), ``chunk`` columns at a time for a matrix-free
+    operator; zero columns get 1 (they carry no signal)."""
+    if isinstance(op, DenseOperator):
+        c = row_norm(op.A.T)
+    else:
+        def basis(j):  # e_j, …, e_{j+chunk−1} as rows
+            rows = torch.arange(j, min(j + chunk, op.n), device=op.device)
+            E = torch.zeros(len(rows), op.n, dtype=op.dtype, device=op.device)
+            return E.scatter_(1, rows.unsqueeze(1), 1.0)
+        c = torch.cat([row_norm(op.forward(basis(j))) for j in range(0, op.n, chunk)])
     return torch.where(c > 0, c, torch.ones_like(c))
 
 
