@@ -33,7 +33,7 @@ def test_equals_scipy_float64(m, n):
     if m >= n:  # unique solution: points agree
         assert np.max(np.abs(res.x - ref)) < 1e-10 * max(1.0, np.abs(ref).max())
     # certificates (relative KKT residual) at rounding level
-    assert res.history["certificate"][-1].max() < 1e-12
+    assert res.certificate.max() < 1e-12
 
 
 def test_xie_setting_and_active_constraints():
@@ -55,10 +55,10 @@ def test_vector_and_torch_and_negative_y():
     assert isinstance(res.x, torch.Tensor) and res.x.shape == (8,)
     assert isinstance(res.n_iter, int) and isinstance(res.converged, bool)
     np.testing.assert_allclose(res.x.numpy(), scipy_nnls(A, y)[0], atol=1e-10)
-    # y in the cone {y : Aᵀy ≤ 0}: x = 0 is optimal, found in one step
+    # y in the cone {y : Aᵀy ≤ 0}: x = 0 is optimal, certified before the first step
     A = np.abs(rng.standard_normal((6, 4)))
     res = ur.nnls(A, -np.ones(6), method="active-set", tol=1e-12)
-    assert np.all(res.x == 0) and res.n_iter == 1
+    assert np.all(res.x == 0) and res.n_iter == 0
 
 
 @pytest.mark.parametrize("m,n", [(30, 12), (12, 30)])
@@ -137,12 +137,16 @@ def test_fista_speed_options_reach_the_same_optimum(kw):
 
 def test_bench_quick_accuracy_column(capsys, tmp_path):
     out = tmp_path / "bench.json"
-    results = bench.main(["--quick", "--sets", "nnls-10x20,lasso-64x256", "--out", str(out)])
+    results = bench.main(["--quick", "--sets", "nnls-10x20,lasso-64x256,memory", "--out", str(out)])
     assert out.exists()
     printed = capsys.readouterr().out
     assert "nnls-10x20" in printed and "µs/problem" in printed
     xie = {r["method"]: r for r in results["sets"]["nnls-10x20"]["rows"]}
     assert xie["active-set f64 (exact)"]["accuracy"] < 1e-12
+    assert xie["default ur.nnls(A, Y)"]["accuracy"] < 1e-6
+    assert "default ur.lasso(D, Y, λ)" in {r["method"] for r in results["sets"]["lasso-64x256"]["rows"]}
+    mem = results["sets"]["memory"]
+    assert mem["converged"] == mem["problems"] and mem["peak_rss_mib"] >= mem["peak_rss_mib_data"] > 0
     assert all(r["accuracy"] < 1e-6 for r in xie.values())
     for r in results["sets"]["lasso-64x256"]["rows"]:
         assert r["accuracy"] < 1e-6, r

@@ -54,27 +54,30 @@ def test_reaches_scipy_objective(method, shape):
 # x_i is (x_i/x_max)^{(2P-2)/P}/L, so small non-zero entries crawl (multiplicative
 # dynamics). Problems are therefore smaller; see the report for the measured counts.
 OGD_CASES = {"tall": (20, 8, 0), "square": (10, 10, 0), "wide": (8, 16, 0)}
-OGD_SLOW = {("square", 3): "P=3 on 10x10: rel. gap 2.0e-3 after 20000 iterations (measured)",
-            ("wide", 3): "P=3 on 8x16: rel. gap 1.7e-1 after 20000 iterations (measured)"}
+# (shape, P) that do not reach 1e-6 in 20000 iterations: the measured relative gap there
+OGD_SLOW_GAP = {("square", 3): 2.0e-3, ("wide", 3): 1.7e-1}
 
 
 def _ogd_params():
     for shape in OGD_CASES:
         for power in (2, 3):
-            marks = []
-            if (shape, power) in OGD_SLOW:
-                marks = [pytest.mark.slow, pytest.mark.xfail(reason=OGD_SLOW[shape, power], strict=False)]
+            marks = [pytest.mark.slow] if (shape, power) in OGD_SLOW_GAP else []
             yield pytest.param(shape, power, marks=marks, id=f"{shape}-P{power}")
 
 
 @pytest.mark.parametrize("shape,power", list(_ogd_params()))
 def test_ogd_reaches_scipy_objective(shape, power):
+    """P = 2 reaches F* to 1e-6; the slow P = 3 cases are checked for what they do reach in
+    20000 iterations (the measured gap, ×2), and for not claiming convergence."""
     m, n, seed = OGD_CASES[shape]
     A, Y, xs, Fs = _problem(m, n, seed, batch=2)
     res = ur.nnls(A, Y, "ogd", power=power, tol=1e-10, max_iter=20_000, check_every=50)
     assert (res.x >= 0).all()
-    F = _objective(A, Y, res.x)
-    np.testing.assert_array_less(np.abs(F - Fs), 1e-6 * Fs)
+    gap = np.abs(_objective(A, Y, res.x) - Fs) / Fs
+    if (shape, power) in OGD_SLOW_GAP:
+        assert not res.converged.any() and (gap <= 2 * OGD_SLOW_GAP[shape, power]).all(), gap
+    else:
+        np.testing.assert_array_less(gap, 1e-6)
 
 
 def test_ogd_odd_power_stays_nonnegative():
@@ -83,7 +86,7 @@ def test_ogd_odd_power_stays_nonnegative():
     for k in (1, 2, 5, 50):
         res = ur.nnls(A, Y, "ogd", power=3, tol=0, max_iter=k)
         assert (res.x >= 0).all(), k
-    h = ur.nnls(A, Y, "ogd", power=3, tol=0, max_iter=300, check_every=1).history["objective"]
+    h = ur.nnls(A, Y, "ogd", power=3, tol=0, max_iter=300, check_every=1, history="full").history["objective"]
     assert (np.diff(h, axis=0) <= 1e-12 * h[0]).all()  # and the objective does not rise
 
 
@@ -91,7 +94,7 @@ def test_pgd_objective_never_increases():
     """α = 1/L: F(x_{k+1}) ≤ F(x_k) at every iteration (descent lemma)."""
     for shape in SHAPES.values():
         A, Y, _, Fs = _problem(*shape)
-        h = ur.nnls(A, Y, "pgd", tol=0, max_iter=400, check_every=1).history["objective"]
+        h = ur.nnls(A, Y, "pgd", tol=0, max_iter=400, check_every=1, history="full").history["objective"]
         assert h.shape == (401, 3)
         assert (np.diff(h, axis=0) <= 1e-13 * h[0]).all()
         assert (h[-1] < h[0]).all() and (h[-1] >= Fs * (1 - 1e-12)).all()
@@ -100,7 +103,8 @@ def test_pgd_objective_never_increases():
 def test_apgd_constant_gamma_converges():
     """xie2019 eq. 1.5–1.6 with the paper's fixed γ = 0.9: the iterates converge to x*."""
     A, Y, xs, Fs = _problem(20, 10, 3)
-    res = ur.nnls(A, Y, "apgd", gamma=0.9, tol=1e-10, max_iter=20_000, check_every=5)
+    res = ur.nnls(A, Y, "apgd", gamma=0.9, tol=1e-10, max_iter=20_000, check_every=5,
+                  history="full")
     assert res.converged.all()
     np.testing.assert_allclose(res.x, xs, atol=1e-6 * np.abs(xs).max())
     cert = res.history["certificate"]
@@ -135,7 +139,7 @@ def test_zero_measurement_and_warm_start():
     A, Y, xs, _ = _problem(30, 15, 0)
     res = ur.nnls(A, np.zeros(30), "pgd")
     assert res.converged and np.array_equal(res.x, np.zeros(15))
-    # warm start at the solution: converged at the first check
+    # warm start at the solution: certified before the first step
     res = ur.nnls(A, Y, "apgd", x0=xs, tol=1e-8, check_every=1)
-    assert res.converged.all() and (res.n_iter == 1).all()
+    assert res.converged.all() and (res.n_iter == 0).all()
     np.testing.assert_allclose(res.x, xs, atol=1e-10)

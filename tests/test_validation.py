@@ -74,14 +74,21 @@ def test_float32_in_float32_out(name):
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_history_shapes(name):
     solve, M, Y = SOLVERS[name]
-    r = solve(M, Y, tol=0, max_iter=25, check_every=10)
+    r = solve(M, Y, tol=0, max_iter=25, check_every=10, history="full")
     h = r.history
     assert list(h["iteration"]) == [0, 10, 20, 25]
     assert h["time"].shape == (4,) and (np.diff(h["time"]) >= 0).all()
     assert h["objective"].shape == (4, 4) and h["certificate"].shape == (4, 4)
     assert (r.n_iter == 25).all() and not r.converged.any()
     np.testing.assert_allclose(r.objective, h["objective"][-1])
-    rv = solve(M, Y[0], tol=0, max_iter=25, check_every=10)
+    for key in ("objective_mean", "certificate_max", "certificate_median"):
+        assert h[key].shape == (4,)
+    np.testing.assert_allclose(h["certificate_max"], h["certificate"].max(1))
+    np.testing.assert_allclose(r.certificate, h["certificate"][-1])
+    summary = solve(M, Y, tol=0, max_iter=25, check_every=10).history
+    assert "objective" not in summary and "certificate" not in summary
+    np.testing.assert_allclose(summary["certificate_max"], h["certificate_max"])
+    rv = solve(M, Y[0], tol=0, max_iter=25, check_every=10, history="full")
     assert rv.history["objective"].shape == (4,) and rv.history["certificate"].shape == (4,)
     assert rv.n_iter == 25 and rv.converged is False
 
@@ -94,7 +101,7 @@ def test_rows_converging_early_keep_their_values(name):
     Yb = Y.copy()
     Yb[2] = 0.0              # converges at the first check
     Yb[0] *= 1e-3            # same problem, scaled: different n_iter only through rounding
-    kw = dict(tol=1e-7, max_iter=5000, check_every=3)
+    kw = dict(tol=1e-7, max_iter=5000, check_every=3, history="full")
     r = solve(M, Yb, **kw)
     assert r.converged.all()
     assert len(set(r.n_iter.tolist())) > 1, "want rows that stop at different iterations"
@@ -112,9 +119,9 @@ def test_warm_start(name):
     solve, M, Y = SOLVERS[name]
     n = M.shape[1]
     ref = solve(M, Y, tol=1e-10, max_iter=20000)
-    # from the solution: done at the first check
+    # from the solution: certified before the first step
     r = solve(M, Y, x0=ref.x, tol=1e-8, check_every=1)
-    assert r.converged.all() and (r.n_iter == 1).all()
+    assert r.converged.all() and (r.n_iter == 0).all()
     # one vector broadcast to the batch equals the same vector repeated
     x0 = np.abs(ref.x[0])
     a = solve(M, Y, x0=x0, tol=0, max_iter=7)

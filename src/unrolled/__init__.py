@@ -7,8 +7,7 @@ from .operators import (Conv2dOperator, DenseOperator, LearnedConv2d, LearnedDen
                         as_operator, learned)
 from .problems import MLBP, NNLS, Lasso
 from .solve import Result
-from .solvers import lasso, nnls
-from .algorithms.mlbp import ml_bp
+from .solvers import lasso, ml_bp, nnls
 from . import data, metrics, nets
 from .nets import load
 from .training import TrainHistory, train

@@ -34,6 +34,8 @@ def to_tensor(value, name: str, *, dtype=None, device=None) -> torch.Tensor:
     """Turn an array-like into a floating tensor, refusing NaN/inf and non-numbers."""
     if isinstance(value, torch.Tensor):
         t = value
+    elif type(value).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name} is a SciPy sparse matrix: sparse input is not supported; pass {name}.toarray()")
     else:
         try:
             arr = np.asarray(value)
@@ -41,7 +43,8 @@ def to_tensor(value, name: str, *, dtype=None, device=None) -> torch.Tensor:
             raise TypeError(f"{name} must be an array or tensor, got {type(value).__name__}") from exc
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # torch warns on read-only arrays
     if t.is_complex():
         raise TypeError(f"{name} must be real, got a complex {t.dtype}")
     if dtype is None:  # integers/bools: float64 from NumPy (NumPy's default), torch's default otherwise

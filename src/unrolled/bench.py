@@ -16,6 +16,11 @@ Three problem sets, each timed on the same problems for every method:
                     (``pip install unrolled[bench]``), each with its duality-gap tolerance set so
                     that gap ≤ 1e-6·F* per problem (same accuracy as our certificate).
 
+* ``memory``        peak RSS of ``ur.nnls(A, Y)`` (default arguments) on 200000 xie2019
+                    problems, measured in a subprocess (target < 1 GiB).
+
+Each set also times the default route (``ur.nnls(A, Y)`` / ``ur.lasso(D, Y, λ)`` without a
+method). Problems come from the generators of :mod:`unrolled.data`.
 Slow references run on a subset (``ref`` problems); speed-ups compare time per problem.
 The "matmul" column is the fraction of torch's measured matmul rate (same dtype and GEMM
 shapes, measured in the same run) that one batched iteration on the full batch reaches.
@@ -32,7 +37,7 @@ import warnings
 import numpy as np
 import torch
 
-from .algorithms.active_set import ActiveSet
+from .data import equiregularized_signals, gaussian_nonnegative, sparse_nonnegative
 from .algorithms.lasso import FISTA
 from .algorithms.nnls import APGD
 from .operators import DenseOperator
@@ -112,31 +117,49 @@ def print_table(title: str, rows: list[dict], note: str = "") -> None:
 
 # -- problem sets ------------------------------------------------------------
 def xie_problems(N: int, seed: int = 0):
-    """xie2019 §4: A ∈ R^{10×20} U[0,1]; x with s ∈ {1,2,3} non-zeros U[0,100]; y = Ax."""
-    rng = np.random.default_rng(seed)
-    A = rng.random((10, 20))
-    X = np.zeros((N, 20))
-    for i in range(N):
-        idx = rng.choice(20, rng.integers(1, 4), replace=False)
-        X[i, idx] = rng.uniform(0, 100, len(idx))
-    return A, X @ A.T
+    """xie2019 §4 (``unrolled.data.sparse_nonnegative``): A ∈ R^{10×20} U[0,1]; 1–3 non-zeros U[0,100]; y = Ax."""
+    A, Y, _ = sparse_nonnegative(N, seed=seed)
+    return np.asarray(A), np.asarray(Y)
 
 
 def sen_problems(N: int, seed: int = 0):
-    """sen2024 §4: F ∈ R^{400×1200} N(0,1); s = max(N(0,1), 0) (non-negative); x = Fs."""
-    rng = np.random.default_rng(seed)
-    F = rng.standard_normal((400, 1200))
-    S = np.maximum(rng.standard_normal((N, 1200)), 0)
-    return F, S @ F.T
+    """sen2024 §4 (``unrolled.data.gaussian_nonnegative``): F ∈ R^{400×1200} N(0,1); s = max(N(0,1), 0); x = Fs."""
+    F, Y, _ = gaussian_nonnegative(N, seed=seed)
+    return np.asarray(F), np.asarray(Y)
 
 
 def lasso_problems(N: int, seed: int = 0):
-    """Moreau talk: D ∈ R^{64×256}, unit-norm Gaussian columns; y = x̃/‖Dᵀx̃‖∞, x̃ ~ N(0, I)."""
-    rng = np.random.default_rng(seed)
-    D = rng.standard_normal((64, 256))
-    D /= np.linalg.norm(D, axis=0)
-    Xt = rng.standard_normal((N, 64))
-    return D, Xt / np.abs(Xt @ D).max(1, keepdims=True)
+    """Moreau talk (``unrolled.data.equiregularized_signals``): D ∈ R^{64×256} with columns on the
+    sphere; y on the equiregularization set (λ_max = 1)."""
+    D, Y, _ = equiregularized_signals(N, seed=seed)
+    return np.asarray(D), np.asarray(Y)
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+import numpy as np
+import unrolled as ur
+from unrolled.data import sparse_nonnegative
+A, Y, _ = sparse_nonnegative(int(sys.argv[1]), seed=0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+res = ur.nnls(A, Y)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(before, after, int(np.asarray(res.converged).sum()))
+"""
+
+
+def bench_memory(N: int) -> dict:
+    """Peak RSS of ``ur.nnls(A, Y)`` with default arguments on N xie2019 problems (10×20), in a
+    fresh subprocess (one torch thread): the data alone, and after solving."""
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(N)], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    before, after, conv = (int(v) for v in out[-3:])
+    return {"problems": N, "peak_rss_mib_data": before / 1024, "peak_rss_mib": after / 1024, "converged": conv}
 
 
 def _nnls_obj(A, X, Y):
@@ -164,12 +187,13 @@ def bench_xie(N: int, repeat: int, quick: bool = False) -> tuple[list[dict], str
     At, Yt = torch.from_numpy(A), torch.from_numpy(Y)
     op = DenseOperator(At)
     runs = [
+        ("default ur.nnls(A, Y)", lambda: ur_nnls(At, Yt), None),
         ("active-set f64 (exact)", lambda: ur_nnls(At, Yt, "active-set", tol=1e-12, max_iter=10 * A.shape[1]), None),
         ("apgd f64 (restart, kkt 1e-6)",
          lambda: ur_nnls(At, Yt, "apgd", momentum="nesterov", restart=True, tol=1e-6, max_iter=20_000),
          APGD(NNLS(op), momentum="nesterov", restart=True)),
     ]
-    for name, fn, method in runs[:1] if quick else runs:  # APGD needs ~10⁴ iterations here
+    for name, fn, method in runs[:2] if quick else runs:  # APGD needs ~10⁴ iterations here
         t, res = _best(fn, repeat)
         X = res.x.numpy()
         acc = float(np.max((_nnls_obj(A, X, Y) - f_ref) / scale))
@@ -192,6 +216,9 @@ def bench_sen(N: int, n_ref: int, repeat: int) -> tuple[list[dict], str]:
         return float(np.max(np.linalg.norm(X @ F.T - Yb, axis=1) / np.linalg.norm(Yb, axis=1)))
 
     rows = [_row("scipy nnls (loop)", n_ref, t_ref, relres(X_ref, Y[:n_ref]))]
+    Ft, Yt = torch.from_numpy(F), torch.from_numpy(Y)
+    t, res = _best(lambda: ur_nnls(Ft, Yt, tol=1e-5, max_iter=20_000), repeat)
+    rows.append(_row("default ur.nnls(F, Y, tol=1e-5)", N, t, relres(res.x.numpy(), Y), ref_us))
     for dtype, name in [(torch.float64, "apgd f64 (restart, kkt 1e-5)"), (torch.float32, "apgd f32 (restart, kkt 1e-5)")]:
         Ft, Yt = torch.from_numpy(F).to(dtype), torch.from_numpy(Y).to(dtype)
         op = DenseOperator(Ft)
@@ -255,6 +282,8 @@ def bench_lasso(N: int, n_ref: int, repeat: int, lam: float = 0.1) -> tuple[list
     ref_us = min(refs)
     for r in rows:
         r["speedup"] = ref_us / r["us_per_problem"]
+    t, res = _best(lambda: ur_lasso(Dt, Yt, lam, tol=1e-6, max_iter=100_000), repeat)
+    rows.append(_row("default ur.lasso(D, Y, λ)", N, t, subopt(res.x.numpy()), ref_us))
     op = DenseOperator(Dt)
     shapes = gemm_shapes(op, N)
     flops = sum(2.0 * M * K * Nn for M, K, Nn in shapes)
@@ -289,7 +318,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="unrolled bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small problem sets (a smoke run of a few seconds)")
     p.add_argument("--out", default=None, help="write the results as JSON to this file")
-    p.add_argument("--sets", default="nnls-10x20,nnls-400x1200,lasso-64x256",
+    p.add_argument("--sets", default="nnls-10x20,nnls-400x1200,lasso-64x256,memory",
                    help="comma-separated problem sets to run")
     p.add_argument("--repeat", type=int, default=None, help="timing repeats (best is kept)")
     p.add_argument("--threads", type=int, default=None,
@@ -302,7 +331,7 @@ def main(argv=None) -> dict:
         if args.threads < 1:
             p.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    known = {"nnls-10x20", "nnls-400x1200", "lasso-64x256"}
+    known = {"nnls-10x20", "nnls-400x1200", "lasso-64x256", "memory"}
     bad = [s for s in sets if s not in known]
     if bad:
         p.error(f"unknown set(s) {bad}; choose from {sorted(known)}")
@@ -312,6 +341,13 @@ def main(argv=None) -> dict:
           f"float64 {info['matmul_gflops_float64']:.0f} GFLOP/s")
     results = {"machine": info, "quick": quick, "sets": {}}
     for name in sets:
+        if name == "memory":
+            mem = bench_memory(20_000 if quick else 200_000)
+            print(f"\n== memory: ur.nnls(A, Y) defaults on {mem['problems']} problems of 10×20: peak RSS "
+                  f"{mem['peak_rss_mib']:.0f} MiB (data alone {mem['peak_rss_mib_data']:.0f} MiB; target < 1024), "
+                  f"{mem['converged']} converged")
+            results["sets"][name] = mem
+            continue
         if name == "nnls-10x20":
             rows, note = bench_xie(200 if quick else 2000, repeat, quick)
         elif name == "nnls-400x1200":

@@ -8,72 +8,137 @@ from __future__ import annotations
 
 import torch
 
-from .operators import Operator
+from .algorithms._common import soft_threshold
+from .operators import DenseOperator, Operator
 
-TINY = 1e-30
+
+def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den with 0/0 = 0: a certificate is exactly zero where the residual is, at any scale.
+
+    No absolute floor: a floor such as 1e-30 would declare every problem scaled below it solved.
+    """
+    return torch.where(num == 0, torch.zeros_like(num), num / den)
+
+
+def row_norm(R: torch.Tensor) -> torch.Tensor:
+    """‖r‖₂ per row without overflow or underflow of the squares (scaled by max |r|)."""
+    peak = R.abs().amax(1, keepdim=True)
+    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return (R / safe).norm(dim=1) * peak.squeeze(1)
+
+
+def column_norms(op: Operator, chunk: int = 256) -> torch.Tensor:
+    """‖a_j‖₂ = ‖A e_j‖₂ of every column (n,), ``chunk`` columns at a time for a matrix-free
+    operator; zero columns get 1 (they carry no signal)."""
+    if isinstance(op, DenseOperator):
+        c = row_norm(op.A.T)
+    else:
+        def basis(j):  # e_j, …, e_{j+chunk−1} as rows
+            rows = torch.arange(j, min(j + chunk, op.n), device=op.device)
+            E = torch.zeros(len(rows), op.n, dtype=op.dtype, device=op.device)
+            return E.scatter_(1, rows.unsqueeze(1), 1.0)
+        c = torch.cat([row_norm(op.forward(basis(j))) for j in range(0, op.n, chunk)])
+    return torch.where(c > 0, c, torch.ones_like(c))
 
 
 class NNLS:
     """min_x ½‖Ax − y‖²  s.t.  x ≥ 0   (xie2019 eq. 1.1, sen2024 eq. 1)."""
 
     name = "nnls"
+    certified = "relative KKT residual (column-normalised)"
 
     def __init__(self, op: Operator):
         self.op = op
+        self._cols = None
 
     def objective(self, X, Y):
         return 0.5 * (self.op.forward(X) - Y).pow(2).sum(1)
 
-    def certificate(self, X, Y):
-        """Relative KKT residual ‖min(Lx, ∇f(x))‖∞ / ‖Aᵀy‖∞, with ∇f(x) = Aᵀ(Ax − y).
+    @property
+    def col_norms(self) -> torch.Tensor:
+        """c_j = ‖a_j‖₂ (n,), cached; 1 for a zero column."""
+        if self._cols is None:
+            self._cols = column_norms(self.op)
+        return self._cols
 
-        min(x, ∇f/L) is the natural residual x − P₊(x − ∇f/L) of projected gradient:
-        zero iff x ≥ 0, ∇f ≥ 0 and x ⊙ ∇f = 0 (the KKT conditions).
+    def certificate(self, X, Y):
+        """KKT residual of the column-normalised problem, relative to ‖y‖₂:
+
+            max_j |min(c_j x_j, ∇f(x)_j / c_j)| / ‖y‖₂,   ∇f(x) = Aᵀ(Ax − y),  c_j = ‖a_j‖₂.
+
+        This is the natural residual x̃ − P₊(x̃ − ∇̃f) of projected gradient (step 1) on the
+        problem with unit-norm columns Ã = A diag(1/c), x̃ = c ⊙ x: zero iff x ≥ 0, ∇f ≥ 0
+        and x ⊙ ∇f = 0 (the KKT conditions). Every term has the units of y, so the ratio is
+        unchanged when A, y or any single column is rescaled. (Measured against ‖Aᵀy‖∞
+        instead, one large column hides the gradient of a small one; an absolute floor
+        declares every tiny problem solved.) 0/0 (y = 0 at x = 0) counts as 0.
         """
+        c = self.col_norms
         grad = self.op.adjoint(self.op.forward(X) - Y)
-        scale = self.op.adjoint(Y).abs().amax(1).clamp_min(TINY)
-        resid = torch.minimum(self.op.lipschitz * X, grad).abs().amax(1)
-        return resid / scale
+        resid = torch.minimum(c * X, grad / c).abs().amax(1)
+        return ratio(resid, row_norm(Y))
 
 
 class Lasso:
-    """min_z ½‖Dz − y‖² + λ‖z‖₁   (BPDN; sulam2018 eq. 1, Moreau talk)."""
+    """min_z ½‖Dz − y‖² + λ‖z‖₁ (BPDN; sulam2018 eq. 1, Moreau talk); with ``positive``
+    also z ≥ 0 (the non-negative Lasso: ½‖Dz − y‖² + λ1ᵀz on z ≥ 0).
+
+    λ is scikit-learn's ``alpha`` × n_samples (n_samples = m, the length of y): sklearn
+    minimises (1/2m)‖y − Dz‖² + α‖z‖₁, i.e. our objective divided by m, and its
+    ``dual_gap_`` is our :meth:`duality_gap` / m.
+    """
 
     name = "lasso"
+    certified = "relative duality gap"
 
-    def __init__(self, op: Operator, lam: float):
-        self.op, self.lam = op, float(lam)
+    def __init__(self, op: Operator, lam: float, positive: bool = False):
+        self.op, self.lam, self.positive = op, float(lam), bool(positive)
+        self._nnls = NNLS(op)
 
     def objective(self, Z, Y):
         return 0.5 * (self.op.forward(Z) - Y).pow(2).sum(1) + self.lam * Z.abs().sum(1)
 
     def lambda_max(self, Y):
-        """λ_max = ‖Dᵀy‖∞: z = 0 is optimal iff λ ≥ λ_max."""
-        return self.op.adjoint(Y).abs().amax(1)
+        """λ_max = ‖Dᵀy‖∞ (max(Dᵀy)₊ when positive): z = 0 is optimal iff λ ≥ λ_max."""
+        c = self.op.adjoint(Y)
+        return c.clamp_min(0).amax(1) if self.positive else c.abs().amax(1)
 
     def dual_point(self, Z, Y):
-        """Feasible dual ν = (y − Dz)/max(1, ‖Dᵀ(y − Dz)‖∞/λ)."""
+        """Feasible dual ν = (y − Dz)/max(1, ‖Dᵀ(y − Dz)‖∞/λ) (λ > 0).
+
+        The dual constraint is ‖Dᵀν‖∞ ≤ λ, or Dᵀν ≤ λ for the non-negative Lasso.
+        """
         R = Y - self.op.forward(Z)
-        scale = (self.op.adjoint(R).abs().amax(1) / max(self.lam, TINY)).clamp_min(1.0)
+        corr = self.op.adjoint(R)
+        corr = corr.clamp_min(0) if self.positive else corr.abs()
+        scale = (corr.amax(1) / self.lam).clamp_min(1.0)
         return R / scale[:, None]
 
     def duality_gap(self, Z, Y):
-        """P(z) − D(ν) ≥ 0, with D(ν) = ½‖y‖² − ½‖y − ν‖² for dual-feasible ν."""
+        """P(z) − D(ν) ≥ 0, with D(ν) = ½‖y‖² − ½‖y − ν‖² for dual-feasible ν (λ > 0)."""
         nu = self.dual_point(Z, Y)
         dual = 0.5 * Y.pow(2).sum(1) - 0.5 * (Y - nu).pow(2).sum(1)
         return self.objective(Z, Y) - dual
 
     def certificate(self, Z, Y):
-        """Relative duality gap (P − D)/P: bounds the relative sub-optimality.
+        """Relative duality gap (P − D)/P: bounds the relative sub-optimality (P − P*)/P.
 
-        For λ = 0 (least squares) the scaled residual is dual-feasible only at an exact fit,
-        so the gap stays P and never certifies; the relative stationarity
-        ‖Dᵀ(Dz − y)‖∞ / ‖Dᵀy‖∞ (zero exactly at a least-squares solution) is used instead.
+        Invariant to scaling D, y and λ together (D → sD, y → ty, λ → stλ). For λ = 0
+        the scaled residual is dual-feasible only at an exact fit, so the gap never
+        certifies; the column-normalised stationarity residual of :class:`NNLS` is used
+        instead (its KKT residual when ``positive``, max_j |∇f_j|/‖d_j‖ / ‖y‖ otherwise).
+        A non-negative Lasso iterate with a negative entry is infeasible: certificate ∞.
         """
         if self.lam == 0:
-            grad = self.op.adjoint(self.op.forward(Z) - Y).abs().amax(1)
-            return grad / self.op.adjoint(Y).abs().amax(1).clamp_min(TINY)
-        return self.duality_gap(Z, Y).clamp_min(0) / self.objective(Z, Y).clamp_min(TINY)
+            if self.positive:
+                return self._nnls.certificate(Z, Y)
+            c = self._nnls.col_norms
+            grad = self.op.adjoint(self.op.forward(Z) - Y) / c
+            return ratio(grad.abs().amax(1), row_norm(Y))
+        cert = ratio(self.duality_gap(Z, Y).clamp_min(0), self.objective(Z, Y))
+        if self.positive:
+            cert = torch.where((Z < 0).any(1), torch.full_like(cert, float("inf")), cert)
+        return cert
 
 
 class MLBP:
@@ -101,6 +166,7 @@ class MLBP:
     """
 
     name = "ml-bp"
+    certified = "ML-ISTA fixed-point residual (not the optimality of F)"
 
     def __init__(self, ops, lams, *, steps=None, mu_scale: float = 1.0):
         self.ops = list(ops)
@@ -111,7 +177,9 @@ class MLBP:
         if steps is None:
             if not 0 < float(mu_scale) <= 1:
                 raise ValueError(f"mu_scale must be in (0, 1], got {mu_scale!r}")
-            etas = [1.0 / max(op.lipschitz, TINY) for op in self.ops]
+            if any(op.lipschitz == 0 for op in self.ops):
+                raise ValueError("a dictionary D_i is zero: ML-ISTA's default steps 1/‖D_i‖² are undefined")
+            etas = [1.0 / op.lipschitz for op in self.ops]
             etas[0] *= float(mu_scale)
         else:
             etas = [float(s) for s in steps]
@@ -152,7 +220,7 @@ class MLBP:
         for i in range(1, self.L + 1):
             op, eta, mu, lam = self.ops[i - 1], self.etas[i - 1], self.mus[i - 1], self.lams[i - 1]
             v = hats[i] - eta * op.adjoint(hats[i - 1] - z_prev)
-            z = soft(v, mu * lam)
+            z = soft_threshold(v, mu * lam)
             if return_duals and i < self.L:
                 duals.append((v - z) / mu)
             z_prev = z
@@ -163,7 +231,7 @@ class MLBP:
         R = Y
         for op in self.ops:
             R = op.adjoint(R)
-        return R.abs().amax(1).clamp_min(TINY)
+        return R.abs().amax(1)
 
     def certificate(self, G, Y):
         """Relative fixed-point residual of ML-ISTA: ‖γ − T(γ)‖∞ / (μ_L ‖D_(1,L)ᵀy‖∞).
@@ -173,7 +241,7 @@ class MLBP:
         the fixed point of ML-ISTA / ML-FISTA with these steps (not at the exact minimiser
         of F, which differs by O(μ); use :meth:`duality_gap` to bound F(γ) − F*).
         """
-        return (G - self.ml_ista_map(G, Y)).abs().amax(1) / (self.mus[-1] * self.scale(Y))
+        return ratio((G - self.ml_ista_map(G, Y)).abs().amax(1), self.mus[-1] * self.scale(Y))
 
     def dual_value(self, G, Y, W):
         """Dual bound of P_ML from ν = y − D_(1,L)γ and analysis duals w_i (|w_i| ≤ λ_i):
@@ -192,7 +260,7 @@ class MLBP:
             if i < self.L - 1:
                 S = S - W[i]
         lam_L = self.lams[-1]
-        s = (S.abs().amax(1) / max(lam_L, TINY)).clamp_min(1.0)
+        s = ratio(S.abs().amax(1), torch.full_like(S[:, 0], lam_L)).clamp_min(1.0)  # λ_L = 0: ν = 0 unless S = 0
         nu = nu / s[:, None]
         return (Y * nu).sum(1) - 0.5 * nu.pow(2).sum(1)
 
@@ -202,9 +270,7 @@ class MLBP:
             W = self.ml_ista_map(G, Y, return_duals=True)[1]
         return self.objective(G, Y) - self.dual_value(G, Y, W)
 
+    def relative_gap(self, G, Y, W=None):
+        """(F(γ) − D)/F(γ) ≥ (F(γ) − F*)/F(γ): a certificate of the stated problem (0/0 = 0)."""
+        return ratio(self.duality_gap(G, Y, W).clamp_min(0), self.objective(G, Y))
 
-def soft(U, thresh: float):
-    """Soft threshold ST(u, θ) = sign(u) max(|u| − θ, 0)."""
-    if thresh <= 0:
-        return U
-    return torch.nn.functional.softshrink(U, thresh)

@@ -14,9 +14,6 @@ import torch.nn.functional as F
 
 from ..operators import DenseOperator, Operator
 
-TINY = 1e-30
-
-
 # -- the affine part: u = W x + b ------------------------------------------------------------------
 
 def fused_matrices(op: DenseOperator, alpha) -> tuple[torch.Tensor, torch.Tensor]:

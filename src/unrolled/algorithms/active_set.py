@@ -21,8 +21,16 @@ add or remove: O(k²) per row instead of a fresh factorisation):
     add j:    u = H g, d = G_jj − gᵀu  (g = G_{P,j}),   H ← H + v vᵀ/d,  v = u − e_j;
     remove j: H ← H − H_{:,j} H_{j,:} / H_jj.
 
+LH runs on the column-normalised problem Ã = A diag(1/c), c_j = ‖a_j‖₂, x̃ = c ⊙ x
+(the same solution, rescaled), so that neither the Gram inverse nor the stopping rule
+depends on column scale: with columns whose norms differ by 10¹³, the Gram matrix of A
+would lose every digit of the small column and a threshold relative to ‖Aᵀy‖∞ would call
+its gradient zero.
+
 d = ‖(I − Π_P) a_j‖² > 0 is the squared distance of column j to span(A_P); a column
-with d ≤ 1e3·ε·G_jj is (numerically) dependent and is skipped for that row. Each
+with d ≤ 1e-10·G_jj (an angle below 1e-5 to span(A_P)) is (numerically) dependent and is
+skipped for that row: d comes from the updated inverse, whose rounding grows along a long
+add/remove path, and a tighter test let an exactly dependent column in. Each
 solve is followed by one step of iterative refinement s ← s + H (Aᵀy − AᵀA s)_P, so
 the result matches a QR-based LH (SciPy's ``nnls``) to rounding.
 """
@@ -32,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..operators import DenseOperator
-from ..problems import NNLS
+from ..problems import NNLS, row_norm
 
 
 class ActiveSet:
@@ -43,8 +51,8 @@ class ActiveSet:
                   start LH from their support instead of P = ∅ (fewer LH steps when
                   the solution has many non-zeros). An ``x0`` given to ``ur.nnls`` is
                   used the same way.
-      rtol:       LH stops a row when max_{j∉P} w_j ≤ rtol · ‖Aᵀy‖∞
-                  (default 10·max(m, n)·ε of float64).
+      rtol:       LH stops a row when max_{j∉P} w_j/‖a_j‖ ≤ rtol · ‖y‖₂, w = Aᵀ(y − Ax)
+                  (default 10·max(m, n)·ε of float64); scale-free like the certificate.
       refine:     iterative-refinement steps per solve (default 1).
 
     Stopping: a row leaves the batch when LH stops (``state["finished"]``) or when the
@@ -67,7 +75,8 @@ class ActiveSet:
         # the linear algebra runs in float64 whatever the input dtype (float32 LH loses
         # the last columns of a nearly square A_P); x is returned in the input dtype
         self.dtype = op.dtype
-        A = op.A.to(torch.float64)
+        self.c = problem.col_norms.to(torch.float64)
+        A = op.A.to(torch.float64) / self.c
         eps = torch.finfo(torch.float64).eps
         m, n = op.shape
         if rtol is None:
@@ -77,7 +86,7 @@ class ActiveSet:
         self.problem, self.A = problem, A
         self.m, self.n, self.k = m, n, min(m, n)
         self.warm_start, self.rtol, self.refine = int(warm_start), float(rtol), int(refine)
-        self.dtol = 1e3 * eps
+        self.dtol = 1e-10
         # Gram padded with a zero row/column: index n is the "empty slot" column
         self.G_pad = F.pad(A.T @ A, (0, 1, 0, 1))
         self.A_pad = F.pad(A, (0, 1))
@@ -128,7 +137,11 @@ class ActiveSet:
             P[:, n] = False
             state["P"][good] = P
             state["xp"][good] = torch.where(P, F.pad(X0[ok], (0, 1)), torch.zeros_like(P, dtype=X0.dtype))
-            state["x"] = state["xp"][:, :n].to(self.dtype)
+            state["x"] = self._x(state["xp"])
+
+    def _x(self, xp):
+        """x = x̃ / c in the input dtype, from the padded normalised rows."""
+        return (xp[:, :self.n] / self.c).to(self.dtype)
 
     # -- protocol ---------------------------------------------------------
     def init(self, Y, X0):
@@ -137,10 +150,10 @@ class ActiveSet:
         aty = F.pad(Y.to(dt) @ self.A, (0, 1))
         xp = torch.zeros(B, n + 1, dtype=dt, device=dev)
         state = {
-            "x": xp[:, :n].to(self.dtype),
+            "x": self._x(xp),
             "xp": xp,
             "aty": aty,
-            "thr": self.rtol * aty.abs().amax(1),
+            "thr": self.rtol * row_norm(Y.to(dt)),
             "H": torch.zeros(B, k, k, dtype=dt, device=dev),
             "slots": torch.full((B, k), n, dtype=torch.long, device=dev),
             "P": torch.zeros(B, n + 1, dtype=torch.bool, device=dev),
@@ -155,7 +168,7 @@ class ActiveSet:
                 apgd.step(st, it)
             X0 = st["x"]
         if X0 is not None:
-            self._load_support(state, X0.to(dt).clamp(min=0))
+            self._load_support(state, (X0.to(dt) * self.c).clamp(min=0))
         state["blocked"] = state["P"].clone()
         state["blocked"][:, n] = True
         return state
@@ -207,7 +220,7 @@ class ActiveSet:
         c = torch.where(add, 1.0 / d, torch.where(infeasible, -1.0 / h_ff, torch.zeros_like(d)))
         c = torch.nan_to_num_(c, nan=0.0, posinf=0.0, neginf=0.0)
         v = torch.where(add.unsqueeze(1), v_add, v_rm)
-        H.addcmul_((c.unsqueeze(1) * v).unsqueeze(2), v.unsqueeze(1))
+        H.baddbmm_((c.unsqueeze(1) * v).unsqueeze(2), v.unsqueeze(1))  # in place: no (B, k, k) temporary
         r_idx = infeasible.nonzero().squeeze(1)
         if len(r_idx):
             f = f_rm[r_idx]
@@ -227,5 +240,5 @@ class ActiveSet:
             blocked[d_idx, j_add[d_idx]] = True
 
         xp = torch.where(feasible.unsqueeze(1), s.clamp_(min=0), torch.where(infeasible.unsqueeze(1), x_in, xp))
-        state["xp"], state["x"] = xp, xp[:, :n].to(self.dtype)
+        state["xp"], state["x"] = xp, self._x(xp)
         state["finished"] = finished | (feasible & ~want)

@@ -34,12 +34,13 @@ class ISTA:
         self.alpha = 1.0 / problem.op.lipschitz if step is None else nonnegative_float(step, "step", strict=True)
         self.grad_step = GradientStep(problem.op, self.alpha)
         self.thresh = problem.lam * self.alpha
+        self.nonneg = problem.positive   # the non-negative Lasso's prox: (u − θ)₊
 
     def init(self, Y, X0):
         return {"x": starting_point(Y, X0, self.problem.op.n), "b": self.grad_step.offset(Y)}
 
     def step(self, state, k):
-        state["x"] = ista_step(state["x"], state["b"], self.grad_step, self.thresh)
+        state["x"] = ista_step(state["x"], state["b"], self.grad_step, self.thresh, nonneg=self.nonneg)
 
 
 class FISTA(ISTA):
@@ -107,7 +108,7 @@ class FISTA(ISTA):
             low = False
         key = "z" if low else "x"
         z, w, t = state[key], state["w"], state["t"]
-        z_new = ista_step(w, state["b"], self.grad_low if low else self.grad_step, self.thresh)
+        z_new = ista_step(w, state["b"], self.grad_low if low else self.grad_step, self.thresh, nonneg=self.nonneg)
         state["t"], beta = fista_momentum(t, restart_test(w, z_new, z) if self.restart else None)
         state["w"] = extrapolate(z_new, z, beta)
         state[key] = z_new

@@ -6,7 +6,7 @@ All solve (or, for layered BP, approximate) P_ML of :class:`unrolled.problems.ML
 
 on row batches. Method classes follow :class:`unrolled.protocols.SolverMethod`
 (``__init__(problem, **options)``, ``init(Y, X0) -> state``, ``step(state, k)``,
-``state["x"]`` = γ_L); :func:`ml_bp` is the public entry point (``unrolled.ml_bp``).
+``state["x"]`` = γ_L); :func:`unrolled.solvers.ml_bp` is the public entry point (``unrolled.ml_bp``).
 
 What each converges to (measured in tests/test_mlbp.py):
 
@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import as_batch, choice, nonnegative_float
-from ..operators import as_operator
-from ..problems import MLBP, Lasso
-from ..solve import Result, iterate
-from ._common import (TINY, GradientStep, NormalPair, extrapolate, fista_momentum, momentum_state, restart_test,
+from .._validate import choice, nonnegative_float
+from ..problems import MLBP, Lasso, ratio
+from ._common import (GradientStep, NormalPair, extrapolate, fista_momentum, momentum_state, restart_test,
                       soft_threshold, starting_point)
 from .lasso import ista_step
 
@@ -116,6 +114,7 @@ class ADMM:
     """
 
     name = "admm"
+    certified = "relative duality gap"
 
     def __init__(self, problem: MLBP, rho: float | None = None, inner: str = "fista", inner_iter: int = 1000,
                  inner_tol: float = 1e-6, adaptive: bool = True, adapt_until: int = 200):
@@ -159,7 +158,7 @@ class ADMM:
             g_new = ista_step(w, alpha * b, quadratic, thresh)
             # prox-gradient residual at the point where the gradient was taken (the gradient
             # mapping, for ISTA and FISTA alike), relative to the iterate
-            change = (g_new - w).abs().amax(1) / g_new.abs().amax(1).clamp_min(TINY)
+            change = ratio((g_new - w).abs().amax(1), g_new.abs().amax(1))
             if self.inner == "fista":
                 t, beta = fista_momentum(t)
                 w = extrapolate(g_new, g, beta)
@@ -201,7 +200,7 @@ class ADMM:
         g, y = state["x"], state["y"]
         obj = self.problem.objective(g, y)
         gap = obj - self.problem.dual_value(g, y, self.duals(state))
-        return gap.clamp_min(0) / obj.clamp_min(TINY)
+        return ratio(gap.clamp_min(0), obj)
 
 
 class LayeredBP:
@@ -217,12 +216,13 @@ class LayeredBP:
     """
 
     name = "layered-bp"
+    certified = "largest relative Lasso duality gap of the layers (layered pursuit, not P_ML)"
 
     def __init__(self, problem: MLBP, momentum: bool = True):
         self.problem = problem
         self.momentum = bool(momentum)
         self.lassos = [Lasso(op, lam) for op, lam in zip(problem.ops, problem.lams)]
-        self.grad_steps = [GradientStep(op, 1.0 / max(op.lipschitz, TINY)) for op in problem.ops]
+        self.grad_steps = [GradientStep(op, 1.0 / op.lipschitz if op.lipschitz > 0 else 0.0) for op in problem.ops]
 
     def init(self, Y, X0):
         L, state = self.problem.L, {"y": Y}
@@ -255,111 +255,6 @@ class LayeredBP:
 
 
 METHODS = {"ml-ista": MLISTA, "ml-fista": MLFISTA, "admm": ADMM, "layered-bp": LayeredBP}
-PROBLEM_OPTIONS = ("steps", "mu_scale")
 
 
-def _is_seq(v) -> bool:
-    return isinstance(v, (list, tuple))
-
-
-def _parse(args):
-    """Both call forms → (Ds, Y, lams, method-or-None)."""
-    if not args:
-        raise TypeError("ml_bp needs dictionaries, Y and λ: ml_bp([D1, D2], Y, [lam1, lam2]) or "
-                        "ml_bp(D1, D2, Y, lam1, lam2)")
-    if _is_seq(args[0]):
-        if len(args) not in (3, 4):
-            raise TypeError(f"ml_bp(Ds, Y, lams[, method]) takes 3 or 4 positional arguments, got {len(args)}")
-        Ds, Y, lams = args[:3]
-        if not _is_seq(lams):
-            lams = [lams]
-        return list(Ds), Y, list(lams), (args[3] if len(args) == 4 else None)
-    if len(args) % 2 == 0 or len(args) < 3:
-        raise TypeError("ml_bp(D1, ..., DL, Y, lam1, ..., lamL) takes 2L + 1 positional arguments, "
-                        f"got {len(args)}")
-    L = (len(args) - 1) // 2
-    return list(args[:L]), args[L], list(args[L + 1:]), None
-
-
-def ml_bp(*args, method: str = "ml-fista", tol: float = 1e-6, max_iter: int = 10_000, x0=None,
-          check_every: int = 10, progress: bool = False, **options) -> Result:
-    """Solve multi-layer basis pursuit (sulam2018 eq. 6) for every row y of ``Y``:
-
-        min_γ ½‖y − D_(1,L)γ‖² + Σ_{i<L} λ_i‖D_(i+1,L)γ‖₁ + λ_L‖γ‖₁.
-
-    Call as ``ml_bp([D1, ..., DL], Y, [lam1, ..., lamL])`` or ``ml_bp(D1, D2, Y, lam1, lam2)``
-    (any L); D_i has shape (n_{i−1}, n_i), Y is (batch, n_0) or a vector; returns
-    ``Result`` with x = γ_L (batch, n_L) in the caller's kind.
-
-    method: ``"ml-fista"`` (Algorithm 3; ``restart``), ``"ml-ista"`` (Algorithm 2),
-    ``"admm"`` (Algorithm 1; ``rho``, ``inner="fista"|"ista"``, ``inner_iter``, ``inner_tol``)
-    or ``"layered-bp"`` (the layer-wise pursuit of [23], each layer by ``ur.lasso`` FISTA to
-    ``tol``; x0 warm-starts the deepest layer). ``steps`` (L step sizes η_i) or ``mu_scale``
-    (μ = mu_scale/‖D_1‖²) set the ML-ISTA map (see :class:`unrolled.problems.MLBP`).
-    Stopping: ML-(F)ISTA on the relative fixed-point residual ``MLBP.certificate`` ≤ tol,
-    ADMM on its relative duality gap ≤ tol, layered BP on every layer's relative gap ≤ tol.
-    """
-    Ds, Y, lams, pos_method = _parse(args)
-    if pos_method is not None:
-        method = pos_method
-    choice(method, "method", METHODS)
-    if len(lams) != len(Ds):
-        raise ValueError(f"need one λ per layer: got {len(Ds)} dictionaries and {len(lams)} λ values")
-    lams = [nonnegative_float(v, f"lam{i}") for i, v in enumerate(lams, start=1)]
-    Y_t, kind = as_batch(Y, "Y")
-    ops = [as_operator(D, name=f"D{i}") for i, D in enumerate(Ds, start=1)]
-    dtype = Y_t.dtype
-    for op in ops:
-        dtype = torch.promote_types(dtype, op.dtype)
-    ops = [as_operator(op, dtype=dtype, device=Y_t.device) for op in ops]
-    for i in range(1, len(ops)):
-        if ops[i - 1].n != ops[i].m:
-            raise ValueError(f"D{i} has {ops[i - 1].n} columns but D{i + 1} has {ops[i].m} rows: "
-                             f"D_i must be (n_(i-1), n_i) so that D{i} @ D{i + 1} is defined")
-    Y_t, _ = as_batch(Y_t, "Y", ops[0].m, dtype=dtype)
-    X0 = None
-    if x0 is not None:
-        X0, _ = as_batch(x0, "x0", ops[-1].n, dtype=dtype, device=Y_t.device)
-        if X0.shape[0] == 1 and Y_t.shape[0] > 1:
-            X0 = X0.expand(Y_t.shape[0], -1)
-        if X0.shape[0] != Y_t.shape[0]:
-            raise ValueError(f"x0 has {X0.shape[0]} rows but Y has {Y_t.shape[0]}")
-    prob_opts = {k: options.pop(k) for k in PROBLEM_OPTIONS if k in options}
-    problem = MLBP(ops, lams, **prob_opts)
-    if method == "layered-bp":
-        return _layered(problem, Y_t, X0, tol=tol, max_iter=max_iter, check_every=check_every,
-                        progress=progress, kind=kind, **options)
-    return iterate(METHODS[method](problem, **options), problem, Y_t, X0, tol=tol, max_iter=max_iter,
-                   check_every=check_every, progress=progress, kind=kind)
-
-
-def _layered(problem: MLBP, Y, X0, *, tol, max_iter, check_every, progress, kind, **options) -> Result:
-    """Layered BP by ``ur.lasso`` (FISTA unless ``inner="ista"``) one layer after the other."""
-    import numpy as np
-
-    from ..solvers import lasso
-    inner = options.pop("inner", "fista")
-    state, target, n_iter, conv, layers, elapsed = {"y": Y}, Y, 0, True, [], 0.0
-    for i, (op, lam) in enumerate(zip(problem.ops, problem.lams), start=1):
-        res = lasso(op, target, lam, method=inner, tol=tol, max_iter=max_iter, check_every=check_every,
-                    progress=progress, x0=X0 if i == problem.L else None, **options)
-        target = state[f"z{i}"] = res.x
-        n_iter = n_iter + torch.as_tensor(res.n_iter)
-        conv = conv & torch.as_tensor(res.converged)
-        elapsed += float(res.history["time"][-1])
-        layers.append(res.history)
-    G = target
-    cert = LayeredBP(problem).certificate(state)
-    obj0, obj = problem.objective(torch.zeros_like(G), Y), problem.objective(G, Y)
-    history = {"iteration": np.asarray([0, int(n_iter.max())]), "time": np.asarray([0.0, elapsed]),
-               "objective": torch.stack([obj0, obj]).cpu().numpy(),
-               "certificate": torch.stack([torch.full_like(cert, float("inf")), cert]).cpu().numpy(),
-               "layers": layers}
-    n_iter, conv = n_iter.numpy(), conv.numpy()
-    if kind.vector:
-        history["objective"], history["certificate"] = history["objective"][:, 0], history["certificate"][:, 0]
-        return Result(kind.restore(G), int(n_iter[0]), bool(conv[0]), history)
-    return Result(kind.restore(G), n_iter, conv, history)
-
-
-__all__ = ["ml_bp", "MLISTA", "MLFISTA", "ADMM", "LayeredBP", "METHODS"]
+__all__ = ["MLISTA", "MLFISTA", "ADMM", "LayeredBP", "METHODS"]

@@ -131,9 +131,9 @@ class OGD:
     def init(self, Y, X0):
         op = self.problem.op
         if X0 is None:
-            # x₀ = c·1 with c a small fraction of the first PGD step's size ‖Aᵀy‖∞/L
+            # x₀ = c·1 with c a small fraction of the first PGD step's size ‖Aᵀy‖∞/L (c = 0: x = 0 is optimal)
             c = self.init_scale * op.adjoint(Y).abs().amax(1, keepdim=True) / self.L
-            x0 = c.clamp_min(torch.finfo(Y.dtype).tiny).expand(Y.shape[0], op.n)
+            x0 = c.expand(Y.shape[0], op.n)
         else:
             x0 = X0.clamp(min=0)
         s = x0.pow(1.0 / self.P).clone()

@@ -37,7 +37,7 @@ def _reference_gaps(D, Y, lam, F_star, iters: int, methods=("ista", "fista", "oi
     import unrolled as ur
     out = {}
     for m in methods:
-        res = ur.lasso(D, Y, lam, m, tol=0.0, max_iter=iters, check_every=1)
+        res = ur.lasso(D, Y, lam, m, tol=0.0, max_iter=iters, check_every=1, history="full")
         obj = torch.as_tensor(np.asarray(res.history["objective"]))
         out[m] = (obj - F_star[None]).mean(1).clamp_min(0).tolist()
     return out

@@ -97,8 +97,8 @@ def figure2(D1, D2, Y, lam1, lam2, cfg):
     F_ml = float(ml.objective(ref.x, Yt).sum())
     ref_bp = iterate(FISTA(bp, restart=True), bp, Yt, None, tol=1e-13, max_iter=100_000, check_every=10)
     F_bp = float(bp.objective(ref_bp.x, Yt).sum())
-    gap_ml_cert = float(ref.history["certificate"][-1].max())
-    gap_bp_cert = float(ref_bp.history["certificate"][-1].max())
+    gap_ml_cert = float(ref.certificate.max())
+    gap_bp_cert = float(ref_bp.certificate.max())
     n, n_admm = cfg["fig2_iters"], cfg["admm_iters"]
     runs = {
         "ADMM (inner ISTA)": (ADMM(ml, inner="ista", inner_iter=cfg["admm_inner"], inner_tol=1e-6), ml, n_admm, F_ml),
