@@ -157,3 +157,31 @@ def test_the_certificate_detects_a_shifted_distribution():
     assert shifted >= 10 * own
     res = ur.refine(net, Y_shift)
     assert res.converged.all()
+
+
+def test_cli_solve_writes_certificates_and_refines_in_chunks(xie, tmp_path, capsys):
+    import json
+
+    from unrolled.cli import main
+    A, Y, _ = xie
+    net = ur.nets.LAPGD(A.astype(np.float32), 3, init="paper")
+    net.save(tmp_path / "m.safetensors")
+    np.save(tmp_path / "Y.npy", Y[:10])
+    common = ["solve", "--model", str(tmp_path / "m.safetensors"), "--input", str(tmp_path / "Y.npy"), "--quiet",
+              "--chunk", "3"]
+    assert main([*common, "--output", str(tmp_path / "X.npy"), "--certificates", str(tmp_path / "c.npy")]) == 0
+    expected = net.certify(Y[:10]).certificate
+    np.testing.assert_allclose(np.load(tmp_path / "c.npy"), expected, rtol=1e-6)
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["certificate_worst"] == pytest.approx(expected.max(), rel=1e-6)
+    assert info["certificate_median"] == pytest.approx(np.median(expected), rel=1e-6)
+    assert main([*common, "--output", str(tmp_path / "R.npy"), "--refine", "--tol", "1e-9"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["converged"] == 1.0 and info["certificate_worst"] <= 1e-9
+    cert = ur.NNLS(ur.DenseOperator(A.astype(np.float32).astype(float))).certificate(
+        torch.as_tensor(np.load(tmp_path / "R.npy")), torch.as_tensor(Y[:10]))
+    assert (cert <= 1e-9).all()
+    np.save(tmp_path / "A.npy", A)
+    assert main(["solve", "--method", "apgd", "--operator", str(tmp_path / "A.npy"), "--input",
+                 str(tmp_path / "Y.npy"), "--output", str(tmp_path / "Z.npy"), "--refine"]) == 2
+    assert "--refine" in capsys.readouterr().err
