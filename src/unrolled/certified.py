@@ -40,7 +40,7 @@ class Certified:
     x: object
 
 
-def _problem64(net):
+def float64_problem(net):
     """``net.problem`` on a float64 copy of the net's operator (certificates below float32's floor)."""
     problem = net.problem
     if problem is None or not hasattr(problem, "op"):
@@ -92,7 +92,7 @@ def certify(net, Y, X=None) -> Certified:
         ``certificate`` and ``objective`` (batch,) and ``x`` (batch, n), in the kind of ``Y``.
     """
     Y_t, X_t, kind = _answers(net, Y, X)
-    problem = _problem64(net)
+    problem = float64_problem(net)
     X64 = X_t.to(torch.float64)
     with torch.no_grad():
         cert = problem.certificate(X64, Y_t)
@@ -100,10 +100,10 @@ def certify(net, Y, X=None) -> Certified:
     return Certified(_scalar_kind(cert, kind), _scalar_kind(obj, kind), kind.restore(X_t))
 
 
-def support_least_squares(G: torch.Tensor, aty: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+def support_least_squares(G: torch.Tensor, aty: torch.Tensor, X: torch.Tensor, rank: int) -> torch.Tensor:
     """x_S = (A_SᵀA_S)⁻¹ A_Sᵀy on each row's support S = {j : x_j > 0}, clamped at 0, for the whole batch.
 
-    At most k = min(m, n) of the largest entries form S (A_S has full column rank at most then);
+    At most ``rank`` = min(m, n) of the largest entries form S (beyond that A_SᵀA_S is singular);
     rows whose Gram is singular keep their input. NNLS's KKT conditions (x ≥ 0, ∇f ≥ 0 and
     x ⊙ ∇f = 0) hold at x_S exactly when x_S > 0 on S and Aᵀ(Ax_S − y) ≥ 0 off S; the caller checks
     them through the certificate.
@@ -116,6 +116,8 @@ def support_least_squares(G: torch.Tensor, aty: torch.Tensor, X: torch.Tensor) -
         Aᵀy per row.
     X : tensor (batch, n)
         The rows whose supports are used.
+    rank : int
+        min(m, n) for A of shape (m, n).
 
     Returns
     -------
@@ -123,7 +125,7 @@ def support_least_squares(G: torch.Tensor, aty: torch.Tensor, X: torch.Tensor) -
         The non-negative least-squares candidates.
     """
     n = X.shape[1]
-    k = min(int((X > 0).sum(1).max()), n, G.shape[0])
+    k = min(int((X > 0).sum(1).max()), n, rank)
     if k == 0:
         return X.clamp(min=0)
     vals, idx = X.topk(k, dim=1)
@@ -142,7 +144,9 @@ def _support_candidates(problem, Y, X):
     if isinstance(problem, Lasso):
         from .algorithms.lasso import support_polish
         return support_polish(op.gram, op.adjoint(Y), X, problem.lam)[0]
-    return support_least_squares(op.gram, op.adjoint(Y), X)
+    # ranked by one projected-gradient step from x, so that entries the KKT conditions want (∇f_j < 0) join S
+    grad = op.adjoint(op.forward(X) - Y)
+    return support_least_squares(op.gram, op.adjoint(Y), (X - grad / op.lipschitz).clamp(min=0), min(op.shape))
 
 
 def _exact_solver(problem, Y, X0, *, tol, max_iter, method, options):
@@ -195,7 +199,7 @@ def refine(net, Y, tol: float = 1e-6, method: str | None = None, max_iter: int =
     max_iter = positive_int(max_iter, "max_iter")
     start = time.perf_counter()
     Y_t, X_t, kind = _answers(net, Y, None)
-    problem = _problem64(net)
+    problem = float64_problem(net)
     Y64, X = Y_t, X_t.to(torch.float64)
     if isinstance(problem, NNLS):
         X = X.clamp(min=0)
