@@ -139,7 +139,7 @@ def test_support_least_squares_is_exact_on_the_true_support():
     Y = X @ A.T
     G, aty = torch.as_tensor(A.T @ A), torch.as_tensor(Y @ A)
     guess = torch.as_tensor(X * rng.uniform(0.2, 5.0, X.shape))   # right support, wrong values
-    np.testing.assert_allclose(support_least_squares(G, aty, guess).numpy(), X, atol=1e-10)
+    np.testing.assert_allclose(support_least_squares(G, aty, guess, 12).numpy(), X, atol=1e-10)
 
 
 def test_the_certificate_detects_a_shifted_distribution():
@@ -185,3 +185,32 @@ def test_cli_solve_writes_certificates_and_refines_in_chunks(xie, tmp_path, caps
     assert main(["solve", "--method", "apgd", "--operator", str(tmp_path / "A.npy"), "--input",
                  str(tmp_path / "Y.npy"), "--output", str(tmp_path / "Z.npy"), "--refine"]) == 2
     assert "--refine" in capsys.readouterr().err
+
+
+def test_reproduce_certified_inference_quick(tmp_path):
+    import json
+
+    from unrolled.experiments import reproduce
+    res = reproduce("certified-inference", quick=True, out=tmp_path)
+    assert (tmp_path / "certificates.png").is_file()
+    assert json.loads((tmp_path / "results.json").read_text())["experiment"] == "certified-inference"
+    lapgd, slista = res["studies"]["LAPGD-3"], res["studies"]["SLISTA-10"]
+    for study in (lapgd, slista):
+        assert all(r["refine"]["certified"] == 1.0 for r in study.values())
+    assert lapgd["sparsity 6–8"]["median"] > 2 * lapgd["in distribution"]["median"]
+    assert slista["operator ×3"]["median"] > 2 * slista["in distribution"]["median"]
+    # LAPGD is positively homogeneous and the certificate scale-invariant: a scaled operator is no shift
+    assert lapgd["operator ×10"]["median"] == pytest.approx(lapgd["in distribution"]["median"], rel=1e-6)
+
+
+def test_bench_rows_reach_the_tolerance(xie, moreau):
+    from unrolled.experiments.certified import TOL, _bench_setting
+    A, Y, _ = xie
+    D, Yl = moreau
+    for label, kind, net, op, Yb in (("xie", "nnls", ur.nets.LAPGD(A, 3), A, Y[:40]),
+                                     ("lasso", "lasso", ur.nets.SLISTA(D, 5, 0.1), D, Yl[:40])):
+        rows, ratio = _bench_setting(label, kind, net, op, Yb, repeat=1, n_ref=5)
+        names = [r["method"] for r in rows]
+        assert any(n.endswith("+ refine") for n in names) and ratio > 0
+        refined = rows[names.index(next(n for n in names if n.endswith("+ refine")))]
+        assert refined["problems"] == 40 and refined["accuracy"] <= TOL
