@@ -143,10 +143,22 @@ def _support_candidates(problem, Y, X):
     op = problem.op
     if isinstance(problem, Lasso):
         from .algorithms.lasso import support_polish
-        return support_polish(op.gram, op.adjoint(Y), X, problem.lam)[0]
+        out = X.clone()
+        rows = ((X != 0).sum(1) <= op.m).nonzero().squeeze(1)   # a larger support has no unique solution on it
+        if len(rows):
+            out[rows] = support_polish(op.gram, op.adjoint(Y[rows]), X[rows], problem.lam)[0]
+        return out
     # ranked by one projected-gradient step from x, so that entries the KKT conditions want (∇f_j < 0) join S
     grad = op.adjoint(op.forward(X) - Y)
     return support_least_squares(op.gram, op.adjoint(Y), (X - grad / op.lipschitz).clamp(min=0), min(op.shape))
+
+
+def _support_step(problem, Y, X, tol):
+    """(candidates, their certificates, mask of those ≤ tol) for the rows ``Y`` with answers ``X``."""
+    with torch.no_grad():
+        cand = _support_candidates(problem, Y, X)
+        c_cand = problem.certificate(cand, Y)
+    return cand, c_cand, c_cand <= tol
 
 
 def _exact_solver(problem, Y, X0, *, tol, max_iter, method, options):
@@ -208,19 +220,17 @@ def refine(net, Y, tol: float = 1e-6, method: str | None = None, max_iter: int =
     hist = _History(cert, obj, time.perf_counter() - start)
     n_iter = torch.zeros(len(X), dtype=torch.long)
     todo = (cert > tol).nonzero().squeeze(1)
-    offset = 0
+    offset, starts = 0, X[todo]
     if len(todo) and method is None and isinstance(problem.op, DenseOperator):
-        with torch.no_grad():
-            cand = _support_candidates(problem, Y64[todo], X[todo])
-            c_cand = problem.certificate(cand, Y64[todo])
-        ok = c_cand <= tol
+        cand, c_cand, ok = _support_step(problem, Y64[todo], X[todo], tol)
         X[todo[ok]] = cand[ok]
         cert[todo[ok]], obj[todo[ok]] = c_cand[ok], problem.objective(cand[ok], Y64[todo[ok]])
         n_iter[todo.cpu()] = 1
         hist.add(1, cert, obj, time.perf_counter() - start)
-        todo, offset = todo[~ok], 1
+        # NNLS: the active set starts from the candidate (feasible, on the support chosen above)
+        todo, offset, starts = todo[~ok], 1, (cand[~ok] if isinstance(problem, NNLS) else X[todo[~ok]])
     if len(todo):
-        res = _exact_solver(problem, Y64[todo], X[todo], tol=tol, max_iter=max_iter, method=method, options=options)
+        res = _exact_solver(problem, Y64[todo], starts, tol=tol, max_iter=max_iter, method=method, options=options)
         X[todo] = res.x
         n_iter[todo.cpu()] += torch.as_tensor(res.n_iter)
         hist.merge(res.history, todo.cpu(), offset, time.perf_counter() - start)
