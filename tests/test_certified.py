@@ -90,8 +90,9 @@ def test_refine_lasso_is_certified_and_matches_sklearn(moreau):
     assert res.converged.all() and (res.history["certificate"][-1] <= 1e-9).all()
     sk = SkLasso(alpha=lam / D.shape[0], fit_intercept=False, tol=1e-12, max_iter=100_000)
     Z_ref = np.array([sk.fit(D, y).coef_ for y in Y])
-    obj = lambda Z: 0.5 * ((Z @ D.T - Y) ** 2).sum(1) + lam * np.abs(Z).sum(1)  # noqa: E731
-    np.testing.assert_allclose(obj(res.x), obj(Z_ref), rtol=1e-8)
+    def objective(Z):
+        return 0.5 * ((Z @ D.T - Y) ** 2).sum(1) + lam * np.abs(Z).sum(1)
+    np.testing.assert_allclose(objective(res.x), objective(Z_ref), rtol=1e-8)
 
 
 def test_rows_within_tol_cost_nothing(xie):
