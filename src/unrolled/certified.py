@@ -134,8 +134,8 @@ def support_least_squares(G: torch.Tensor, aty: torch.Tensor, X: torch.Tensor, r
         return X.clamp(min=0)
     vals, idx = X.topk(k, dim=1)
     valid = vals > 0
-    mask = (valid.unsqueeze(2) & valid.unsqueeze(1)).to(G.dtype)
-    Gs = G[idx.unsqueeze(2), idx.unsqueeze(1)] * mask + torch.diag_embed((~valid).to(G.dtype))
+    Gs = G[idx.unsqueeze(2), idx.unsqueeze(1)].masked_fill_(~(valid.unsqueeze(2) & valid.unsqueeze(1)), 0.0)
+    Gs.diagonal(dim1=1, dim2=2).add_(~valid)   # identity on the unused slots
     L, info = torch.linalg.cholesky_ex(Gs)
     xs = torch.cholesky_solve((aty.gather(1, idx) * valid).unsqueeze(2), L).squeeze(2) * valid
     out = torch.zeros_like(X).scatter_(1, idx, xs).clamp_(min=0)
