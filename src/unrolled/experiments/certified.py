@@ -112,8 +112,8 @@ def _study(net, sets: dict) -> dict:
 def _histogram(ax, study: dict, title: str) -> None:
     allc = np.concatenate([r["certificates"] for r in study.values()])
     bins = np.logspace(np.log10(max(allc.min(), 1e-16)), np.log10(max(allc.max(), 1e-15)), 40)
-    for name, r in study.items():
-        ax.hist(np.maximum(r["certificates"], bins[0]), bins=bins, histtype="step", lw=1.5,
+    for (name, r), style in zip(study.items(), ("-", "--", ":", "-.")):   # (coinciding sets stay visible)
+        ax.hist(np.maximum(r["certificates"], bins[0]), bins=bins, histtype="step", lw=1.5, ls=style,
                 label=f"{name} (median {r['median']:.2g})")
     ax.set_xscale("log")
     ax.set_xlabel("certificate of the network's answer")
