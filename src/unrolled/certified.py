@@ -18,7 +18,7 @@ so there the refinement is FISTA from a better start.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 import time
 
 import numpy as np
@@ -157,6 +157,10 @@ def _support_candidates(problem, Y, X):
     return support_least_squares(op.gram, op.adjoint(Y), (X - grad / op.lipschitz).clamp(min=0), min(op.shape))
 
 
+def _certified(problem) -> str:
+    return "relative duality gap" if isinstance(problem, Lasso) else "relative KKT residual"
+
+
 def _support_step(problem, Y, X, tol):
     """(candidates, their certificates, mask of those ≤ tol) for the rows ``Y`` with answers ``X``."""
     with torch.no_grad():
@@ -172,6 +176,8 @@ def _exact_solver(problem, Y, X0, *, tol, max_iter, method, options):
     if isinstance(problem, Lasso):
         if method is None:
             method, options = "fista", ({"restart": True, "polish": True} if dense else {"restart": True}) | options
+        if getattr(problem, "positive", False):   # (a non-negative Lasso, where the problem has that option)
+            options = {"positive": True} | options
         return lasso(problem.op, Y, problem.lam, method, tol=tol, max_iter=max_iter, x0=X0, **options)
     if method is None:
         method = "active-set" if dense else "apgd"
@@ -221,7 +227,7 @@ def refine(net, Y, tol: float = 1e-6, method: str | None = None, max_iter: int =
         X = X.clamp(min=0)
     with torch.no_grad():
         cert, obj = problem.certificate(X, Y64), problem.objective(X, Y64)
-    hist = _History(cert, obj, time.perf_counter() - start)
+    hist = _History(cert, obj, time.perf_counter() - start, tol, _certified(problem))
     n_iter = torch.zeros(len(X), dtype=torch.long)
     todo = (cert > tol).nonzero().squeeze(1)
     offset, starts = 0, X[todo]
@@ -237,17 +243,19 @@ def refine(net, Y, tol: float = 1e-6, method: str | None = None, max_iter: int =
         res = _exact_solver(problem, Y64[todo], starts, tol=tol, max_iter=max_iter, method=method, options=options)
         X[todo] = res.x
         n_iter[todo.cpu()] += torch.as_tensor(res.n_iter)
-        hist.merge(res.history, todo.cpu(), offset, time.perf_counter() - start)
-    converged = hist.last()[0] <= tol
-    return _result(X, n_iter, converged, hist.arrays(), kind)
+        with torch.no_grad():
+            cert[todo], obj[todo] = problem.certificate(res.x, Y64[todo]), problem.objective(res.x, Y64[todo])
+        hist.add(offset + int(np.max(res.n_iter)), cert, obj, time.perf_counter() - start)
+    return _result(X, n_iter, hist, kind)
 
 
 class _History:
-    """Per-row objective and certificate at the network's answer and at each refinement check."""
+    """Per-row objective and certificate at the network's answer and after each refinement stage."""
 
-    def __init__(self, cert, obj, seconds):
-        self.iteration, self.time = [0], [seconds]
-        self.cert, self.obj = [cert.cpu().clone()], [obj.cpu().clone()]
+    def __init__(self, cert, obj, seconds, tol: float, certified: str):
+        self.tol, self.certified = tol, certified
+        self.iteration, self.time, self.cert, self.obj = [], [], [], []
+        self.add(0, cert, obj, seconds)
 
     def add(self, k, cert, obj, seconds):
         self.iteration.append(k)
@@ -255,28 +263,29 @@ class _History:
         self.cert.append(cert.cpu().clone())
         self.obj.append(obj.cpu().clone())
 
-    def merge(self, sub: dict, rows: torch.Tensor, offset: int, seconds: float):
-        """Append a solver's history on ``rows`` (its entry 0 is already recorded); times shifted to end now."""
-        shift = seconds - float(sub["time"][-1])
-        for k, t, c, o in zip(sub["iteration"][1:], sub["time"][1:], sub["certificate"][1:], sub["objective"][1:]):
-            cert, obj = self.cert[-1].clone(), self.obj[-1].clone()
-            cert[rows], obj[rows] = torch.as_tensor(c), torch.as_tensor(o)
-            self.add(offset + int(k), cert, obj, shift + float(t))
-
-    def last(self):
-        return self.cert[-1], self.obj[-1]
-
-    def arrays(self) -> dict:
-        return {"iteration": np.asarray(self.iteration), "time": np.asarray(self.time),
-                "objective": torch.stack(self.obj).numpy(), "certificate": torch.stack(self.cert).numpy()}
+    def arrays(self, vector: bool) -> dict:
+        """Per-row ``objective`` / ``certificate`` (stages, batch) and their per-stage summaries."""
+        cert, obj = torch.stack(self.cert), torch.stack(self.obj)
+        out = {"iteration": np.asarray(self.iteration), "time": np.asarray(self.time),
+               "objective_mean": obj.mean(1).numpy(), "certificate_max": cert.amax(1).numpy(),
+               "certificate_median": cert.median(1).values.numpy(),
+               "objective": obj.numpy(), "certificate": cert.numpy()}
+        if vector:
+            out["objective"], out["certificate"] = out["objective"][:, 0], out["certificate"][:, 0]
+        return out
 
 
-def _result(X, n_iter, converged, history, kind: Kind) -> Result:
-    if kind.vector:
-        history["objective"] = history["objective"][:, 0]
-        history["certificate"] = history["certificate"][:, 0]
-        return Result(kind.restore(X), int(n_iter[0]), bool(converged[0]), history)
-    return Result(kind.restore(X), n_iter.numpy(), converged.numpy(), history)
+_RESULT_FIELDS = {f.name for f in fields(Result)}
+
+
+def _result(X, n_iter, hist: _History, kind: Kind) -> Result:
+    """The Result in the caller's kind, with the final objective and certificate where Result holds them."""
+    cert, obj = hist.cert[-1], hist.obj[-1]
+    converged = cert <= hist.tol
+    per_row = (lambda t: t[0].item()) if kind.vector else (lambda t: t.numpy())
+    extra = {"objective": per_row(obj), "certificate": per_row(cert), "certified": hist.certified}
+    extra = {k: v for k, v in extra.items() if k in _RESULT_FIELDS}
+    return Result(kind.restore(X), per_row(n_iter), per_row(converged), hist.arrays(kind.vector), **extra)
 
 
 __all__ = ["Certified", "certify", "refine", "support_least_squares"]

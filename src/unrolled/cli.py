@@ -219,8 +219,8 @@ def _method_solver(args):
     import unrolled as ur
     if not args.operator:
         raise UsageError("--method needs --operator A.npy")
-    if args.refine:
-        raise UsageError("--refine refines a --model's answers; a --method already solves to --tol")
+    if args.refine or args.certificates:
+        raise UsageError("--refine and --certificates are for a --model's answers; a --method solves to --tol")
     A = _load_array(args.operator, None, "operator")
     if args.method in ur.solvers.LASSO_METHODS:
         if args.lam is None:
@@ -237,7 +237,7 @@ def _method_solver(args):
 
     def apply(Y):
         res = solve(np.array(Y))  # a writable copy of the memory-mapped chunk
-        return res.x, np.asarray(res.converged), np.asarray(res.n_iter), np.atleast_1d(res.history["certificate"][-1])
+        return res.x, np.asarray(res.converged), np.asarray(res.n_iter), None
     return apply, {"method": args.method, "lam": args.lam, "tol": args.tol}, A.shape
 
 
@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tol", type=float, default=1e-6)
     s.add_argument("--max-iter", type=int, default=10_000)
     s.add_argument("--certificates", default=None,
-                   help="write each problem's optimality certificate to this .npy (median and worst are printed)")
+                   help="--model: write each problem's optimality certificate to this .npy (median and worst are printed)")
     s.add_argument("--refine", action="store_true",
                    help="--model: refine the network's answers until each is certified to --tol")
     s.add_argument("--chunk", type=int, default=65536, help="rows solved at a time (bounds the memory)")
