@@ -11,9 +11,10 @@ from .solvers import lasso, ml_bp, nnls
 from . import data, metrics, nets
 from .nets import load
 from .training import TrainHistory, train
+from .certified import certify, refine
 
 __version__ = "0.1.0"
 
-__all__ = ["nnls", "lasso", "ml_bp", "train", "load", "nets", "data", "metrics", "Result", "TrainHistory",
+__all__ = ["nnls", "lasso", "ml_bp", "train", "load", "certify", "refine", "nets", "data", "metrics", "Result", "TrainHistory",
            "NNLS", "Lasso", "MLBP", "Operator", "DenseOperator", "Conv2dOperator", "as_operator",
            "LearnedOperator", "LearnedDense", "LearnedConv2d", "learned", "__version__"]

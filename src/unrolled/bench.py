@@ -318,7 +318,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="unrolled bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small problem sets (a smoke run of a few seconds)")
     p.add_argument("--out", default=None, help="write the results as JSON to this file")
-    p.add_argument("--sets", default="nnls-10x20,nnls-400x1200,lasso-64x256,memory",
+    p.add_argument("--sets", default="nnls-10x20,nnls-400x1200,lasso-64x256,certified,memory",
                    help="comma-separated problem sets to run")
     p.add_argument("--repeat", type=int, default=None, help="timing repeats (best is kept)")
     p.add_argument("--threads", type=int, default=None,
@@ -331,7 +331,7 @@ def main(argv=None) -> dict:
         if args.threads < 1:
             p.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    known = {"nnls-10x20", "nnls-400x1200", "lasso-64x256", "memory"}
+    known = {"nnls-10x20", "nnls-400x1200", "lasso-64x256", "certified", "memory"}
     bad = [s for s in sets if s not in known]
     if bad:
         p.error(f"unknown set(s) {bad}; choose from {sorted(known)}")
@@ -350,6 +350,9 @@ def main(argv=None) -> dict:
             continue
         if name == "nnls-10x20":
             rows, note = bench_xie(200 if quick else 2000, repeat, quick)
+        elif name == "certified":  # a trained net refined to 1e-6 vs cold (experiments/certified.py)
+            from .experiments.certified import bench_refine
+            rows, note = bench_refine(quick, repeat)
         elif name == "nnls-400x1200":
             rows, note = bench_sen(40 if quick else 1000, 4 if quick else 200, repeat)
         else:

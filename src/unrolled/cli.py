@@ -199,10 +199,19 @@ def _model_solver(args):
     if args.operator:
         net.check_operator(_load_array(args.operator, None, "operator"))
 
+    if args.refine:
+        def apply(Y):
+            res = ur.refine(net, np.array(Y), tol=args.tol, max_iter=args.max_iter)
+            return res.x, np.asarray(res.converged), np.asarray(res.n_iter), res.history["certificate"][-1]
+        return apply, {"model": args.model, "net": type(net).__name__, "depth": net.depth, "refine": True,
+                       "tol": args.tol}, (net.m, net.n)
+
     def apply(Y):
+        Y_t = torch.as_tensor(np.array(Y), dtype=net.operator.dtype)
         with torch.no_grad():
-            X = net(torch.as_tensor(np.array(Y), dtype=net.operator.dtype)).numpy()
-        return X, None, None
+            X = net(Y_t)
+        cert = net.certify(Y_t, X).certificate.numpy() if args.certificates else None
+        return X.numpy(), None, None, cert
     return apply, {"model": args.model, "net": type(net).__name__, "depth": net.depth}, (net.m, net.n)
 
 
@@ -210,6 +219,8 @@ def _method_solver(args):
     import unrolled as ur
     if not args.operator:
         raise UsageError("--method needs --operator A.npy")
+    if args.refine or args.certificates:
+        raise UsageError("--refine and --certificates are for a --model's answers; a --method solves to --tol")
     A = _load_array(args.operator, None, "operator")
     if args.method in ur.solvers.LASSO_METHODS:
         if args.lam is None:
@@ -226,7 +237,7 @@ def _method_solver(args):
 
     def apply(Y):
         res = solve(np.array(Y))  # a writable copy of the memory-mapped chunk
-        return res.x, np.asarray(res.converged), np.asarray(res.n_iter)
+        return res.x, np.asarray(res.converged), np.asarray(res.n_iter), None
     return apply, {"method": args.method, "lam": args.lam, "tol": args.tol}, A.shape
 
 
@@ -279,6 +290,17 @@ class _NpyWriter:
             self.fh = None
 
 
+def _certificate_summary(certs: np.ndarray, path: str | None, vector: bool) -> dict:
+    """Median and worst certificate; the per-problem certificates saved to ``path`` when given."""
+    summary = {"certificate_median": float(np.median(certs)), "certificate_worst": float(np.max(certs))}
+    if path:
+        cert_out = _output_path(path)
+        cert_out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cert_out, certs[0] if vector else certs)
+        summary["certificates"] = str(cert_out)
+    return summary
+
+
 def cmd_solve(args) -> int:
     from tqdm.auto import tqdm
 
@@ -299,21 +321,25 @@ def cmd_solve(args) -> int:
     info = {"input": args.input, "output": str(out), **info}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
-    writer, converged, iterations = _NpyWriter(tmp, len(rows), vector), 0.0, 0.0
+    writer, converged, iterations, certs = _NpyWriter(tmp, len(rows), vector), 0.0, 0.0, []
     try:
         with threads(n_threads):
             for i in tqdm(range(0, len(rows), chunk), desc="solve", unit="chunk", disable=args.quiet):
-                X, conv, its = apply(rows[i:i + chunk])
+                X, conv, its, cert = apply(rows[i:i + chunk])
                 writer.write(np.atleast_2d(X))
                 if conv is not None:
                     converged += float(np.sum(conv))
                     iterations += float(np.sum(its))
+                if cert is not None:
+                    certs.append(np.atleast_1d(cert))
         writer.close()
         tmp.replace(out)
     finally:
         writer.close()
         tmp.unlink(missing_ok=True)
-    if not args.model:
+    if certs:
+        info.update(_certificate_summary(np.concatenate(certs), args.certificates, vector))
+    if not args.model or args.refine:
         info.update(converged=converged / len(rows), mean_iterations=iterations / len(rows))
     info["seconds"] = round(time.perf_counter() - t0, 4)
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
@@ -374,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lam", type=float, default=None)
     s.add_argument("--tol", type=float, default=1e-6)
     s.add_argument("--max-iter", type=int, default=10_000)
+    s.add_argument("--certificates", default=None,
+                   help="--model: write each problem's optimality certificate to this .npy (median and worst are printed)")
+    s.add_argument("--refine", action="store_true",
+                   help="--model: refine the network's answers until each is certified to --tol")
     s.add_argument("--chunk", type=int, default=65536, help="rows solved at a time (bounds the memory)")
     s.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     s.add_argument("--quiet", action="store_true")

@@ -226,6 +226,12 @@ class UnrolledNet(nn.Module):
             outs = [kind.restore(o) for o in outs]
         return outs if return_all else outs[-1]
 
+    def certify(self, Y, X=None):
+        """The problem's certificate and objective of the answer ``X`` (default: ``self(Y)``) for each row
+        of ``Y``: :func:`unrolled.certified.certify`."""
+        from ..certified import certify
+        return certify(self, Y, X)
+
     def check_operator(self, A) -> None:
         """Raise ValueError unless ``A`` is the operator this network was built for."""
         op = as_operator(A)
