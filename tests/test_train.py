@@ -67,6 +67,18 @@ def test_semi_supervised_targets_are_lasso_solutions():
     assert np.isfinite(hist.train_loss).all()
 
 
+def test_semi_supervised_targets_on_a_convolution():
+    """The targets come from the net's own operator, also when it is not a dense matrix (failed before:
+    lasso_targets densified ``net.operator``, which a convolutional net does not hold)."""
+    torch.manual_seed(0)
+    op = ur.Conv2dOperator(torch.rand(3, 3, dtype=torch.float64), (6, 6))
+    net = ur.nets.SLISTA(op, 3, lam=0.05)
+    Y = torch.randn(8, op.m, dtype=torch.float64)
+    Z = lasso_targets(net, Y)
+    ref = ur.lasso(op.matrix(), Y, 0.05, "fista", tol=1e-12, max_iter=200000)
+    np.testing.assert_allclose(Z.numpy(), ref.x.numpy(), atol=1e-6)
+
+
 class FragileNet(StepNet):
     """Its output turns NaN as soon as a step exceeds 2/L (sqrt of a negative number)."""
 

@@ -22,6 +22,7 @@ from ._threads import default_threads
 from ._threads import threads as torch_threads
 from ._validate import as_batch, choice, nonnegative_float, positive_int
 from .nets.base import load_tensors, remove_stale_temps, save_tensors
+from .operators import LearnedOperator, as_operator
 from .problems import Lasso
 
 LOSSES = ("supervised", "semi-supervised", "unsupervised")
@@ -50,8 +51,10 @@ def lasso_targets(net, Y: torch.Tensor, tol: float = 1e-10, max_iter: int = 100_
     from .solvers import lasso
     if not isinstance(net.problem, Lasso):
         raise ValueError("semi-supervised training needs a network whose problem is a Lasso (net.problem)")
-    D = net.operator.detach().to(torch.float64)
-    res = lasso(D, Y.detach().to(torch.float64), net.problem.lam, "fista", restart=True, tol=tol, max_iter=max_iter)
+    op = net.problem.op
+    D = op.frozen() if isinstance(op, LearnedOperator) else op   # the current weights, without autograd
+    res = lasso(as_operator(D, dtype=torch.float64), Y.detach().to(torch.float64), net.problem.lam, "fista",
+                restart=True, tol=tol, max_iter=max_iter)
     return res.x.to(Y.dtype)
 
 
