@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._validate import as_batch, choice, nonnegative_float, positive_int
+from .defaults import AUTO, resolve
 from .nets.base import load_tensors, save_tensors
 from .problems import Lasso
 
@@ -100,9 +101,9 @@ def _restore_optim(opt, tensors: dict, groups: list):
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def train(net, Y, X=None, *, loss: str = "supervised", epochs: int = 100, batch_size: int = 200,
-          lr: float = 1e-3, val=None, seed: int = 0, progress: bool = True, checkpoint=None,
-          resume: bool = True, clip: float | None = 1.0, schedule: str = "cosine", depth: int | None = None,
+def train(net, Y, X=None, *, loss: str = "supervised", epochs: int | None = None, batch_size: int | None = None,
+          lr: float | None = None, val=None, seed: int = 0, progress: bool = True, checkpoint=None,
+          resume: bool = True, clip: float | None | str = AUTO, schedule: str = "cosine", depth: int | None = None,
           params=None, layer_weights=None, weight_decay: float = 0.0, checkpoint_every: int = 1) -> TrainHistory:
     """Fit ``net`` to measurements ``Y`` (and targets ``X``); the best weights are left in ``net``.
 
@@ -115,7 +116,11 @@ def train(net, Y, X=None, *, loss: str = "supervised", epochs: int = 100, batch_
     (e.g. steps and thresholds faster than matrices);
     ``layer_weights`` sums the loss over every layer's output with these weights.
     ``checkpoint_every``: epochs between checkpoints (the last epoch is always written).
+    ``lr``, ``batch_size``, ``epochs``, ``params`` left at None and ``clip="auto"`` take the
+    net family's defaults (:mod:`unrolled.defaults`).
     """
+    lr, batch_size, epochs, clip, params = resolve(net, lr=lr, batch_size=batch_size, epochs=epochs, clip=clip,
+                                                   params=params)
     choice(loss, "loss", LOSSES)
     choice(schedule, "schedule", ("cosine", "none"))
     epochs = positive_int(epochs, "epochs")

@@ -33,7 +33,7 @@ NETS = {"LISTA-CPSS": ("LISTA-CP", {"support_selection": True}), "LISTA-CP": ("L
         "ALISTA": ("ALISTA", {"support_selection": True}), "LISTA": ("LISTA", {})}
 REFINE = (0.2, 0.02)                  # Chen et al.: after the new layer, all layers at these × the base rate
 
-FULL = {"m": 250, "n": 500, "depth": 16, "batch": 64, "n_val": 1000, "n_test": 1000, "steps_new": 400,
+FULL = {"m": 250, "n": 500, "depth": 16, "batch": 64, "n_val": 1000, "n_test": 500, "steps_new": 400,
         "steps_refine": 200, "check_every": 50, "patience": 4, "lr_scalar": 1e-1, "lr_matrix": 5e-2,
         "settings": {"noiseless": None, "SNR 40 dB": 40.0}}
 QUICK = {"m": 100, "n": 200, "depth": 6, "batch": 64, "n_val": 500, "n_test": 500, "steps_new": 120,
@@ -186,7 +186,7 @@ def chen_cpss(quick: bool, out: Path, seed: int = 0, nets=None) -> dict:
     cfg = QUICK if quick else FULL
     m, n, depth, lam = cfg["m"], cfg["n"], cfg["depth"], 0.05
     A = gaussian_dictionary(m, n, seed=seed)
-    match_iters = 500 if quick else 2000
+    match_iters = 500 if quick else 1000
     per = {}
     for i, (sname, snr) in enumerate(cfg["settings"].items()):
         Yval, Zval = sparse_measurements(A, cfg["n_val"], snr_db=snr, seed=seed + 12 + 100 * i)
