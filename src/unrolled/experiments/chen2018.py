@@ -36,8 +36,8 @@ REFINE = (0.2, 0.02)                  # Chen et al.: after the new layer, all la
 FULL = {"m": 250, "n": 500, "depth": 16, "batch": 64, "n_val": 1000, "n_test": 500, "steps_new": 400,
         "steps_refine": 200, "check_every": 50, "patience": 4, "lr_scalar": 1e-1, "lr_matrix": 5e-2,
         "settings": {"noiseless": None, "SNR 40 dB": 40.0}}
-QUICK = {"m": 100, "n": 200, "depth": 6, "batch": 64, "n_val": 500, "n_test": 500, "steps_new": 120,
-         "steps_refine": 60, "check_every": 20, "patience": 4, "lr_scalar": 1e-1, "lr_matrix": 5e-2,
+QUICK = {"m": 50, "n": 100, "depth": 4, "batch": 64, "n_val": 300, "n_test": 300, "steps_new": 60,
+         "steps_refine": 30, "check_every": 15, "patience": 4, "lr_scalar": 1e-1, "lr_matrix": 5e-2,
          "settings": {"noiseless": None, "SNR 40 dB": 40.0}}
 
 
@@ -154,6 +154,20 @@ def _save_partial(out, per: dict) -> None:
     (out / "results.partial.json").write_text(json.dumps(brief, indent=1))
 
 
+def _claims(per: dict, depth: int) -> dict:
+    """Ids: ``below_fista.<net>.<setting>`` (NMSE at the last layer below FISTA's after as many
+    iterations), ``cpss_below_cp.<setting>`` (support selection helps, Chen et al. 2018 Fig. 3)."""
+    claims = {}
+    for sname, r in per.items():
+        key = sname.replace(" ", "")
+        fista = r["reference"]["fista"][depth]
+        for label, nr in r["nets"].items():
+            claims[f"below_fista.{label}.{key}"] = bool(nr["nmse_db"][-1] < fista)
+        if {"LISTA-CP", "LISTA-CPSS"} <= set(r["nets"]):
+            claims[f"cpss_below_cp.{key}"] = bool(r["nets"]["LISTA-CPSS"]["nmse_db"][-1] < r["nets"]["LISTA-CP"]["nmse_db"][-1])
+    return claims
+
+
 def _figure(per: dict, depth: int, m: int, n: int):
     import matplotlib
     matplotlib.use("Agg")
@@ -220,5 +234,5 @@ def chen_cpss(quick: bool, out: Path, seed: int = 0, nets=None) -> dict:
             table.append([sname, label, nr["nmse_db"][-1], fmt(nr["ista_iters_to_match"]),
                           fmt(nr["fista_iters_to_match"])])
     results = {"m": m, "n": n, "depth": depth, "lam": lam, "config": {k: v for k, v in cfg.items() if k != "settings"},
-               "per_setting": per, "table": table}
+               "per_setting": per, "claims": _claims(per, depth), "table": table}
     return finish(out, "chen-cpss", results, {"nmse_vs_layers": _figure(per, depth, m, n)}, started=t0)
