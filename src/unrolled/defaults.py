@@ -31,7 +31,7 @@ _GAINS = ((("mu_gain.", "eta_gain."), 10.0),)         # UPGDM's momentum gains, 
 
 # keyed by public class name; a class not listed takes the first listed base class's recipe
 FAMILIES: dict[str, Recipe] = {
-    "LISTAFamily": Recipe(lr=1e-3, batch_size=100, epochs=100, clip=1.0, groups=_STEPS_THRESHOLDS),
+    "LISTAFamily": Recipe(lr=3e-3, batch_size=100, epochs=100, clip=1.0, groups=_STEPS_THRESHOLDS),
     "LPGD": Recipe(lr=1e-3, batch_size=200, epochs=100, clip=1.0),
     "LAPGD": Recipe(lr=1e-3, batch_size=200, epochs=100, clip=1.0),
     "Vanilla": Recipe(lr=1e-3, batch_size=200, epochs=100, clip=1.0),
