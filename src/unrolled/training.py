@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ._threads import default_threads
 from ._threads import threads as torch_threads
 from ._validate import as_batch, choice, nonnegative_float, positive_int
+from .defaults import AUTO, resolve
 from .nets.base import load_tensors, remove_stale_temps, save_tensors
 from .operators import LearnedOperator, as_operator
 from .problems import Lasso
@@ -271,9 +272,9 @@ def _evaluate(loss_of, data, depth: int) -> float:
         return total / Yd.shape[0]
 
 
-def train(net, Y, X=None, *, loss: str = "supervised", epochs: int = 100, batch_size: int = 200,
-          lr: float = 1e-3, val=None, seed: int = 0, progress: bool = True, checkpoint=None,
-          resume: bool = True, clip: float | None = 1.0, schedule: str = "cosine", depth: int | None = None,
+def train(net, Y, X=None, *, loss: str = "supervised", epochs: int | None = None, batch_size: int | None = None,
+          lr: float | None = None, val=None, seed: int = 0, progress: bool = True, checkpoint=None,
+          resume: bool = True, clip: float | None | str = AUTO, schedule: str = "cosine", depth: int | None = None,
           params=None, layer_weights=None, weight_decay: float = 0.0, checkpoint_every: int = 1,
           threads: int | None = None, run: dict | None = None) -> TrainHistory:
     """Fit ``net`` to measurements ``Y`` (and targets ``X``); the best weights are left in ``net``.
@@ -294,8 +295,9 @@ def train(net, Y, X=None, *, loss: str = "supervised", epochs: int = 100, batch_
         ``"supervised"``: mean ‖x̂ − x‖² (xie2019 §2; sen2024 eq. 7); ``"semi-supervised"``: the
         same with x the Lasso solution; ``"unsupervised"``: the problem's objective F_y(x̂)
         (Moreau talk, "LISTA – Training").
-    epochs, batch_size, lr : int, int, float
-        Passes over the data, rows per step, and Adam's initial rate.
+    epochs, batch_size, lr : int, int, float, optional
+        Passes over the data, rows per step, and Adam's initial rate; None takes the net
+        family's default (:mod:`unrolled.defaults`).
     val : (Y_val, X_val) or Y_val, optional
         Validation data, shapes (N_val, m) and (N_val, n); without it the training loss
         chooses the best epoch.
@@ -309,14 +311,15 @@ def train(net, Y, X=None, *, loss: str = "supervised", epochs: int = 100, batch_
         configuration, data or ``run`` is refused with a message naming what changed.
     resume : bool
         Continue from ``checkpoint`` if it exists (False: start afresh and overwrite it).
-    clip : float or None
-        Maximum gradient norm.
+    clip : float, None or "auto"
+        Maximum gradient norm (None: no clipping; "auto": the family's default).
     schedule : {"cosine", "none"}
         Rate schedule over the epochs.
     depth : int, optional
         Train (and evaluate) the first ``depth`` layers only.
     params : list of tensors or of groups {"params": [...], "lr": factor}, optional
-        The trained parameters (default: all); a group's rate is ``factor × lr``.
+        The trained parameters; a group's rate is ``factor × lr``. Default: the family's
+        groups (e.g. steps and thresholds faster than matrices), all parameters.
     layer_weights : sequence of float, length ``depth``, optional
         Sum the loss over every layer's output with these weights.
     weight_decay : float
@@ -335,6 +338,8 @@ def train(net, Y, X=None, *, loss: str = "supervised", epochs: int = 100, batch_
         Per-epoch training/validation loss and rate, best epoch and loss, rate halvings
         after divergence, the epoch resumed from, and the seconds spent.
     """
+    lr, batch_size, epochs, clip, params = resolve(net, lr=lr, batch_size=batch_size, epochs=epochs, clip=clip,
+                                                   params=params)
     cfg = _check_options(net, loss=loss, schedule=schedule, epochs=epochs, checkpoint_every=checkpoint_every,
                          batch_size=batch_size, lr=lr, clip=clip, depth=depth, layer_weights=layer_weights)
     if threads is None:

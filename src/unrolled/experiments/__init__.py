@@ -16,7 +16,7 @@ import time
 import torch
 
 EXPERIMENTS: dict[str, dict] = {}
-MODULES = ["xie2019", "sen2024", "sulam2018", "moreau", "certified"]
+MODULES = ["xie2019", "sen2024", "sulam2018", "moreau", "chen2018", "certified"]
 
 
 def experiment(name: str, *, paper: str, what: str):

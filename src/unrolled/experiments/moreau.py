@@ -1,20 +1,15 @@
 """Reproductions for the Moreau talk "Learning step sizes for unfolded sparse coding"
-(Ablin, Moreau, Massias & Gramfort 2019) and Chen et al. 2018's LISTA-CP/CPSS benchmark.
+(Ablin, Moreau, Massias & Gramfort 2019).
 
 moreau-simulated        objective gap F(z⁽ᵗ⁾) − F* against layers: ISTA, FISTA, OISTA vs LISTA, LISTA-CP,
                         ALISTA, SLISTA trained unsupervised (D ∈ R^{64×256} uniform on the sphere, x ∈ B∞)
 moreau-digits           the same with 8×8 digit images as atoms and signals
 moreau-coupling         40-layer LISTA-CP (the talk's φ_θ) on 10×20, λ = 0.1: ‖(α/β)W⁽ᵗ⁾ − D‖/‖D‖ per layer
 moreau-marchenko-pastur L_S/L on Gaussian D vs ((1+√(ζγ))/(1+√γ))², and SLISTA's steps vs 1/L_S
-chen-cpss               NMSE (dB) vs layers, supervised, A ∈ R^{250×500}, Bernoulli(0.1)–Gaussian codes
 
-Measured (full runs, seed 0; /work/notes/*.log). moreau-simulated, test gap at 20 layers vs ISTA-20:
-SLISTA 22× (λ=0.1; FISTA-20 beaten 5.4×; ISTA needs 176, FISTA 35 iterations to match) and below
-F*'s own accuracy (λ=0.8); LISTA-CP 1.6×–32× (λ=0.1; varies between runs with the thread count) and
-30× (λ=0.8, ≈ FISTA-20); ALISTA trained unsupervised stays near ISTA (λ=0.1) or collapses to z=0 (λ=0.8):
-its fixed point is not the Lasso solution. moreau-coupling: ‖(α/β)W − D‖/‖D‖ from 0.72 (layer 1) to
-0.02–0.05 (layers 20–40). Marchenko–Pastur: ≤ 2.7% error for n ≥ 256. chen-cpss (1500 training pairs,
-a few epochs): NMSE at 16 layers ALISTA −35, LISTA-CPSS −30, LISTA-CP −21, LISTA −7, FISTA −7.4, ISTA −4.3 dB.
+moreau-simulated trains each net with 3 seeds in its full run (``seeds``) and reports the mean
+gap and its spread. The measured numbers are in the README's reproduction table.
+(chen-cpss, Chen et al. 2018's benchmark, is in chen2018.py.)
 """
 from __future__ import annotations
 
@@ -63,11 +58,13 @@ def _fit_unsupervised(net, Ytr, Yval, *, epochs_scalar: int, epochs_all: int, lr
        is a relative rate: SLISTA and ALISTA are fully trained here), both end to end and with
        the staged schedule over depths ``SCALAR_STAGES`` (each from the same start; the better
        on the validation set is kept: either alone sometimes stalls);
-    2. every parameter at ``lr_all`` (only for nets with matrices: LISTA, LISTA-CP).
+    2. every parameter (only for nets with matrices: LISTA, LISTA-CP), in the family's parameter
+       groups of :mod:`unrolled.defaults` (steps/thresholds at 10 × ``lr_all``, matrices at ``lr_all``).
 
     Model selection on the validation set: the analytic initialisation (= ISTA) is kept if
     training does not beat it.
     """
+    from ..defaults import parameter_groups, recipe_for
     from ..training import train
     from ..staged import evaluate_layers, train_staged
 
@@ -78,7 +75,7 @@ def _fit_unsupervised(net, Ytr, Yval, *, epochs_scalar: int, epochs_all: int, lr
     scal = _scalar_params(net)
     phases = [("scalars", scal, lr_scalar, epochs_scalar)]
     if len(scal) < len(list(net.parameters())):
-        phases.append(("all", list(net.parameters()), lr_all, epochs_all))
+        phases.append(("all", parameter_groups(net, recipe_for(net)), lr_all, epochs_all))
     log = {}
     for name, params, lr, ep in phases:
         if not ep:
@@ -119,8 +116,10 @@ def _make_net(name, D, depth, lam, **kw):
     return cls(D, depth, lam, **kw)
 
 
-def _lasso_comparison(D, Ytr, Yval, Yte, lams, depth, *, epochs_scalar, epochs_all, seed, match_iters):
-    """Train the four nets per λ and compare per-layer test gaps with ISTA/FISTA/OISTA."""
+def _lasso_comparison(D, Ytr, Yval, Yte, lams, depth, *, epochs_scalar, epochs_all, seeds, match_iters):
+    """Train the four nets per λ, once per training seed in ``seeds`` (same data), and compare
+    per-layer test gaps with ISTA/FISTA/OISTA. A net's ``gap`` is the mean over the seeds;
+    ``gap_final`` lists each seed's gap at the last layer, with its mean and standard deviation."""
     import unrolled as ur
     from ..metrics import lasso_optimum
     from ..staged import evaluate_layers
@@ -133,15 +132,21 @@ def _lasso_comparison(D, Ytr, Yval, Yte, lams, depth, *, epochs_scalar, epochs_a
         long = _reference_gaps(D64, Yte, lam, F_star, match_iters, methods=("ista", "fista"))
         nets = {}
         for name in NET_NAMES:
-            torch.manual_seed(seed)
-            net = _make_net(name, D.to(torch.float32), depth, lam)
             t0 = time.perf_counter()
-            log = _fit_unsupervised(net, Ytr.float(), Yval.float(), epochs_scalar=epochs_scalar,
-                                    epochs_all=epochs_all, seed=seed)
-            gaps = evaluate_layers(net, Yte, F_star=F_star)["gap"]
-            g = max(gaps[-1], 0.0)
-            nets[name] = {"gap": gaps, "train": log, "seconds": round(time.perf_counter() - t0, 1),
-                          "steps_times_L": (net.steps() * net.op.lipschitz).tolist(),
+            curves, logs, steps = [], [], []
+            for seed in seeds:
+                torch.manual_seed(seed)
+                net = _make_net(name, D.to(torch.float32), depth, lam)
+                logs.append(_fit_unsupervised(net, Ytr.float(), Yval.float(), epochs_scalar=epochs_scalar,
+                                              epochs_all=epochs_all, seed=seed))
+                curves.append(evaluate_layers(net, Yte, F_star=F_star)["gap"])
+                steps.append((net.steps() * net.op.lipschitz).tolist())
+            finals = [c[-1] for c in curves]
+            g = max(float(np.mean(finals)), 0.0)
+            nets[name] = {"gap": np.mean(curves, axis=0).tolist(), "gap_final": finals,
+                          "gap_final_mean": float(np.mean(finals)), "gap_final_std": float(np.std(finals)),
+                          "seeds": list(seeds), "train": logs, "seconds": round(time.perf_counter() - t0, 1),
+                          "steps_times_L": steps[0], "steps_times_L_per_seed": steps,
                           "ista_iters_to_match": _first_below(long["ista"], g),
                           "fista_iters_to_match": _first_below(long["fista"], g)}
         per_lam[str(lam)] = {"reference": ref, "nets": nets, "F_star_mean": float(F_star.mean()),
@@ -150,16 +155,17 @@ def _lasso_comparison(D, Ytr, Yval, Yte, lams, depth, *, epochs_scalar, epochs_a
 
 
 def _comparison_table(per_lam, depth, match_iters):
-    rows = [["lambda", "method", f"gap@{depth}", "vs ISTA", "vs FISTA", "ISTA its to match", "FISTA its to match"]]
+    rows = [["lambda", "method", f"gap@{depth}", "std over seeds", "vs ISTA", "vs FISTA", "ISTA its to match",
+             "FISTA its to match"]]
     for lam, r in per_lam.items():
         ista, fista = r["reference"]["ista"][depth], r["reference"]["fista"][depth]
         for m in ("ista", "fista", "oista"):
             g = r["reference"][m][depth]
-            rows.append([lam, m.upper(), g, ista / max(g, 1e-300), fista / max(g, 1e-300), "", ""])
+            rows.append([lam, m.upper(), g, "", ista / max(g, 1e-300), fista / max(g, 1e-300), "", ""])
         for name, nr in r["nets"].items():
             g = max(nr["gap"][-1], 1e-16)     # a gap below F*'s own accuracy (≈1e-10 relative) reads as 1e-16
             fmt = lambda k: k if k is not None else f">{match_iters}"  # noqa: E731
-            rows.append([lam, name, g, ista / g, fista / g, fmt(nr["ista_iters_to_match"]),
+            rows.append([lam, name, g, nr["gap_final_std"], ista / g, fista / g, fmt(nr["ista_iters_to_match"]),
                          fmt(nr["fista_iters_to_match"])])
     return rows
 
@@ -189,8 +195,11 @@ def _comparison_figure(per_lam, depth, title):
 @experiment("moreau-simulated", paper=PAPER,
             what="test objective gap vs layers: ISTA/FISTA/OISTA vs LISTA, LISTA-CP, ALISTA, SLISTA (unsupervised), "
                  "D 64×256 uniform on the sphere, x in the equiregularization set, λ ∈ {0.1, 0.8}")
-def simulated(quick: bool, out: Path, seed: int = 0) -> dict:
+def simulated(quick: bool, out: Path, seed: int = 0, seeds=None) -> dict:
+    """``seeds``: the training seeds (same data for all); default ``seed`` alone for the quick run,
+    ``seed, seed + 1, seed + 2`` for the full one, whose table reports the mean and its spread."""
     from ..data.lasso import equiregularization, sphere_dictionary
+    seeds = tuple(seeds) if seeds is not None else ((seed,) if quick else (seed, seed + 1, seed + 2))
     t0 = time.perf_counter()
     depth = 8 if quick else 20
     n_train, n_test = (300, 200) if quick else (2000, 1000)
@@ -200,16 +209,17 @@ def simulated(quick: bool, out: Path, seed: int = 0) -> dict:
     Yte = torch.as_tensor(equiregularization(D, n_test, seed=seed + 3))
     match_iters = 300 if quick else 3000
     per_lam = _lasso_comparison(D, Ytr, Yval, Yte, (0.1, 0.8), depth, epochs_scalar=10 if quick else 100,
-                                epochs_all=5 if quick else 60, seed=seed, match_iters=match_iters)
-    claims = {}
+                                epochs_all=5 if quick else 60, seeds=seeds, match_iters=match_iters)
+    claims = {}     # ids: beats_ista10_and_fista.<net>.lam<λ> (mean gap at the last layer ≤ ISTA/10 and < FISTA)
     for lam, r in per_lam.items():
         ista, fista = r["reference"]["ista"][depth], r["reference"]["fista"][depth]
         for name in ("LISTA-CP", "ALISTA", "SLISTA"):
-            g = r["nets"][name]["gap"][-1]
-            claims[f"{name} λ={lam}: gap ≤ ISTA/10 and < FISTA at {depth}"] = bool(g <= ista / 10 and g < fista)
+            g = r["nets"][name]["gap_final_mean"]
+            claims[f"beats_ista10_and_fista.{name}.lam{lam}"] = bool(g <= ista / 10 and g < fista)
         s = r["nets"]["SLISTA"]["steps_times_L"]
-        claims[f"SLISTA λ={lam}: mean learned step > 1/L"] = bool(np.mean(s) > 1)
-    results = {"depth": depth, "n_train": n_train, "n_test": n_test, "per_lambda": per_lam, "claims": claims,
+        claims[f"slista_mean_step_gt_1_over_L.lam{lam}"] = bool(np.mean(s) > 1)
+    results = {"depth": depth, "n_train": n_train, "n_test": n_test, "seeds": list(seeds), "per_lambda": per_lam,
+               "claims": claims,
                "table": _comparison_table(per_lam, depth, match_iters)}
     fig = _comparison_figure(per_lam, depth, "simulated 64×256")
     return finish(out, "moreau-simulated", results, {"gap_vs_layers": fig}, started=t0)
@@ -229,7 +239,7 @@ def digits(quick: bool, out: Path, seed: int = 0) -> dict:
     Ytr, Yval = Yall[:n_train], Yall[n_train:]
     match_iters = 300 if quick else 3000
     per_lam = _lasso_comparison(D, Ytr, Yval, Yte, (0.1, 0.8), depth, epochs_scalar=10 if quick else 100,
-                                epochs_all=5 if quick else 60, seed=seed, match_iters=match_iters)
+                                epochs_all=5 if quick else 60, seeds=(seed,), match_iters=match_iters)
     results = {"depth": depth, "n_train": n_train, "n_test": n_test, "per_lambda": per_lam,
                "table": _comparison_table(per_lam, depth, match_iters)}
     fig = _comparison_figure(per_lam, depth, "digits 64×256")
@@ -281,8 +291,8 @@ def coupling(quick: bool, out: Path, seed: int = 0) -> dict:
     half = depth // 2
     first, last = float(np.mean(dist[:half])), float(np.mean(dist[half:]))
     rho = float(np.corrcoef(np.arange(depth), dist)[0, 1])
-    claims = {"relative distance decreases with depth (mean of last half < first half)": bool(last < first),
-              "negative correlation of distance with depth": bool(rho < 0)}
+    claims = {"distance_decreases": bool(last < first),      # mean of the last half < mean of the first half
+              "distance_depth_corr_negative": bool(rho < 0)}
     rows = [["layer", "‖(α/β)W − D‖/‖D‖ (init)", "‖(α/β)W − D‖/‖D‖ (trained)", "α/β"]]
     for t in range(depth):
         rows.append([t + 1, d0[t], dist[t], ratio[t]])
@@ -355,7 +365,7 @@ def marchenko_pastur(quick: bool, out: Path, seed: int = 0) -> dict:
                            "rel_error": abs(meas - form) / form})
                 rows.append([n, gamma, zeta, meas, form, abs(meas - form) / form])
     big = [r["rel_error"] for r in mp if r["n"] >= 256]
-    claims = {"L_S/L within 5% of the formula for n >= 256": bool(max(big) <= 0.05)}
+    claims = {"mp_within_5pct": bool(max(big) <= 0.05)}     # L_S/L within 5 % of the formula for n ≥ 256
 
     # SLISTA's learned steps vs 1/L_S on the supports of the Lasso solutions
     depth = 8 if quick else 20
@@ -385,9 +395,11 @@ def marchenko_pastur(quick: bool, out: Path, seed: int = 0) -> dict:
     ok = np.isfinite(inv_layer)
     corr = float(np.corrcoef(steps_L[ok], np.asarray(inv_layer)[ok])[0, 1]) if ok.sum() > 2 else float("nan")
     claims.update({
-        "SLISTA mean learned step > 1/L": bool(steps_L.mean() > 1),
-        "SLISTA median step within a factor 2 of the median 1/L_S on supp(z*)": bool(q[2] / 2 <= med_step <= 2 * q[2]),
-        "SLISTA steps correlate positively with 1/L_S of the layers' own supports": bool(corr > 0),
+        "slista_mean_step_gt_1_over_L": bool(steps_L.mean() > 1),
+        # median step within a factor 2 of the median 1/L_S on supp(z*)
+        "slista_median_step_near_1_over_LS": bool(q[2] / 2 <= med_step <= 2 * q[2]),
+        # steps correlate positively with 1/L_S of the layers' own supports
+        "slista_steps_track_1_over_LS": bool(corr > 0),
     })
     rows += [["", "", "", "", "", ""], ["SLISTA layer", "step × L", "median L/L_S of its iterates", "", "", ""]]
     rows += [[t + 1, float(steps_L[t]), inv_layer[t], "", "", ""] for t in range(depth)]
@@ -414,107 +426,3 @@ def marchenko_pastur(quick: bool, out: Path, seed: int = 0) -> dict:
                "inv_LS_quantiles_times_L": q, "median_inv_LS_of_iterates": inv_layer, "slista_train": log,
                "claims": claims, "table": rows}
     return finish(out, "moreau-marchenko-pastur", results, {"marchenko_pastur": fig}, started=t0)
-
-
-# -- chen-cpss ------------------------------------------------------------------------------------------
-
-@experiment("chen-cpss", paper="Chen et al. 2018 (LISTA-CP/CPSS), via the Moreau talk",
-            what="supervised NMSE (dB) vs layers 1..16 for LISTA, LISTA-CP, LISTA-CPSS, ALISTA and ISTA/FISTA, "
-                 "A 250×500 Gaussian, Bernoulli(0.1)–Gaussian codes, noiseless and SNR 40 dB")
-def chen_cpss(quick: bool, out: Path, seed: int = 0) -> dict:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from ..data.lasso import gaussian_dictionary, sparse_measurements
-    from ..training import train
-    from ..staged import evaluate_layers, train_staged
-    t0 = time.perf_counter()
-    m, n = (100, 200) if quick else (250, 500)
-    depth = 6 if quick else 16
-    n_train, n_val, n_test = (500, 200, 300) if quick else (1500, 300, 500)
-    lam = 0.05
-    stages = list(range(1, depth + 1)) if quick else [1, 2, 4, 6, 8, 10, 12, 14, 16]
-    A = torch.as_tensor(gaussian_dictionary(m, n, seed=seed))
-    settings = {"noiseless": None, "SNR 40 dB": 40.0}
-    nets_spec = {"LISTA": ("LISTA", {}), "LISTA-CP": ("LISTA-CP", {}),
-                 "LISTA-CPSS": ("LISTA-CP", {"support_selection": True}), "ALISTA": ("ALISTA", {})}
-    per = {}
-    match_iters = 500 if quick else 1000
-    for sname, snr in settings.items():
-        Ytr, Ztr = map(torch.as_tensor, sparse_measurements(A, n_train, snr_db=snr, seed=seed + 11))
-        Yval, Zval = map(torch.as_tensor, sparse_measurements(A, n_val, snr_db=snr, seed=seed + 12))
-        Yte, Zte = map(torch.as_tensor, sparse_measurements(A, n_test, snr_db=snr, seed=seed + 13))
-        ref = {}
-        for meth in ("ista", "fista"):
-            ref[meth] = _nmse_curve(A, Yte, Zte, lam, meth, match_iters)
-        nets = {}
-        for label, (kind, kw) in nets_spec.items():
-            torch.manual_seed(seed)
-            net = _make_net(kind, A.float(), depth, lam, **kw)
-            t1 = time.perf_counter()
-            val = (Yval.float(), Zval.float())
-            # 1. steps and thresholds of every layer (log-parametrized: a relative rate)
-            train(net, Ytr.float(), Ztr.float(), loss="supervised", epochs=6 if quick else 20, batch_size=64,
-                  lr=0.05, val=val, seed=seed, params=_scalar_params(net), progress=False)
-            # 2. the matrices, with the staged schedule of Chen et al. (new layers, then all at 0.2, 0.02 × lr);
-            #    kept only if it beats phase 1 on the validation set (model selection, as in _fit_unsupervised)
-            kept = "scalars"
-            if len(_scalar_params(net)) < len(list(net.parameters())):
-                before = evaluate_layers(net, Yval, Zval)["nmse_db"][-1]
-                state = {k: v.clone() for k, v in net.state_dict().items()}
-                train_staged(net, Ytr.float(), Ztr.float(), loss="supervised", stages=stages,
-                             epochs_new=2, epochs_all=(1, 1), lr=1e-3,
-                             refine_lrs=(0.2, 0.02), val=val, batch_size=64, seed=seed)
-                if evaluate_layers(net, Yval, Zval)["nmse_db"][-1] < before:
-                    kept = "staged"
-                else:
-                    net.load_state_dict(state)
-            curve = evaluate_layers(net, Yte, Zte)["nmse_db"]
-            final = curve[-1]
-            nets[label] = {"nmse_db": curve, "seconds": round(time.perf_counter() - t1, 1), "kept": kept,
-                           "ista_iters_to_match": _first_below(ref["ista"], final),
-                           "fista_iters_to_match": _first_below(ref["fista"], final)}
-        per[sname] = {"reference": {k: v[:depth + 1] for k, v in ref.items()},
-                      "reference_best": {k: min(v) for k, v in ref.items()}, "nets": nets}
-    rows = [["setting", "method", f"NMSE dB @{depth}", "ISTA its to match", "FISTA its to match"]]
-    for sname, r in per.items():
-        for meth in ("ista", "fista"):
-            rows.append([sname, meth.upper(), r["reference"][meth][depth], "", ""])
-        for label, nr in r["nets"].items():
-            fmt = lambda k: k if k is not None else f">{match_iters}"  # noqa: E731
-            rows.append([sname, label, nr["nmse_db"][-1], fmt(nr["ista_iters_to_match"]),
-                         fmt(nr["fista_iters_to_match"])])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, (sname, r) in zip(axes, per.items()):
-        ks = np.arange(0, depth + 1)
-        ax.plot(ks, r["reference"]["ista"], "k--", label="ISTA")
-        ax.plot(ks, r["reference"]["fista"], "k:", label="FISTA")
-        for label, nr in r["nets"].items():
-            ax.plot(np.arange(1, depth + 1), nr["nmse_db"], "o-", ms=3, label=label)
-        ax.set_xlabel("layers / iterations")
-        ax.set_ylabel("NMSE (dB)")
-        ax.set_title(f"{m}×{n}, {sname}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    results = {"m": m, "n": n, "depth": depth, "lam": lam, "n_train": n_train, "stages": stages, "per_setting": per,
-               "table": rows}
-    return finish(out, "chen-cpss", results, {"nmse_vs_layers": fig}, started=t0)
-
-
-def _nmse_curve(A, Y, Z, lam, method, iters):
-    """NMSE (dB) of ISTA/FISTA iterates k = 0..iters against the true codes (k = 0: z = 0 → 0 dB)."""
-    from ..algorithms.lasso import FISTA, ISTA
-    from ..metrics import nmse_db
-    from ..operators import DenseOperator
-    from ..problems import Lasso
-    prob = Lasso(DenseOperator(A.to(torch.float64)), lam)
-    meth = (ISTA if method == "ista" else FISTA)(prob)
-    Y = Y.to(torch.float64)
-    state = meth.init(Y, None)
-    curve = [0.0]
-    with torch.no_grad():
-        for k in range(1, iters + 1):
-            meth.step(state, k)
-            curve.append(nmse_db(state["x"], Z))
-    return curve

@@ -24,7 +24,6 @@ from pathlib import Path
 import time
 
 import numpy as np
-import torch
 
 from . import experiment, finish
 
