@@ -177,3 +177,61 @@ def test_bad_arguments():
         MLISTANet(Ds, 0, [0.1, 0.1])
     with pytest.raises(ValueError, match="at least one"):
         MLISTANet([], 2, [])
+
+
+def _cascade_iterates(Ds, Y, lams, depth, momentum):
+    """The layered-BP cascade solver method (algorithms.mlbp.LayeredBP), one step per pass."""
+    from unrolled.algorithms.mlbp import LayeredBP
+    from unrolled.operators import as_operator
+    from unrolled.problems import MLBP
+    method = LayeredBP(MLBP([as_operator(D) for D in Ds], lams), momentum=momentum)
+    state, out = method.init(Y, None), []
+    for k in range(1, depth + 1):
+        method.step(state, k)
+        out.append(state["x"].clone())
+    return out
+
+
+@pytest.mark.parametrize("cls,momentum", [(MLISTANet, False), (MLFISTANet, True)])
+@pytest.mark.parametrize("case", ["dense", "conv"])
+def test_rho_zero_is_the_layer_wise_cascade(cls, momentum, case):
+    """sulam2018 Supplementary B: at ρ = 0 each layer makes one step on its own pursuit."""
+    if case == "dense":
+        Ds, Y = dense_case(sizes=(24, 30, 18, 12))
+        lams = [0.05, 0.1, 0.2]
+    else:
+        Ds, Y = conv_case()[:2]
+        Y, lams = Y.reshape(Y.shape[0], -1), [0.02, 0.05]
+    net = cls(Ds, 7, lams, rho=0.0)
+    net.biases.load_state_dict(LayeredBPNet(Ds, 1, lams).biases.state_dict())   # thresholds λ_i/‖D_i‖²
+    with torch.no_grad():
+        outs = net(Y, return_all=True)
+        for out, ref in zip(outs, _cascade_iterates(Ds, Y, lams, 7, momentum)):
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+        net.rho = 1.0
+        assert (net(Y) - outs[-1]).abs().max() > 1e-3
+
+
+def test_rho_between_is_saved_trained_and_checked(tmp_path):
+    Ds, Y = dense_case()
+    net = MLFISTANet(Ds, 4, [0.1, 0.2], rho=0.5)
+    with torch.no_grad():
+        half = net(Y)
+        net.rho = 0.0
+        zero = net(Y)
+        net.rho = 1.0
+        one = net(Y)
+    assert min(float((half - zero).abs().max()), float((half - one).abs().max())) > 1e-6
+    net.rho = 0.25
+    net.save(tmp_path / "relaxed.safetensors")
+    back = ur.load(tmp_path / "relaxed.safetensors")
+    assert back.rho == 0.25
+    with torch.no_grad():
+        assert torch.equal(back(Y), net(Y))
+    net(Y).pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="rho"):
+            net.rho = bad
+    with pytest.raises(ValueError, match="rho"):
+        MLISTANet(Ds, 2, [0.1, 0.1], rho=2.0)

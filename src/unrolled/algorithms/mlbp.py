@@ -39,7 +39,7 @@ def representations(ops, G: torch.Tensor) -> list[torch.Tensor]:
     return hats[::-1]
 
 
-def ml_ista_layers(hats, Y, ops, steps, thresholds, *, nonneg: bool = False):
+def ml_ista_layers(hats, Y, ops, steps, thresholds, *, nonneg: bool = False, rho: float = 1.0, previous=None):
     """The layers of one ML-ISTA step T(γ) (sulam2018 Algorithm 2, TPAMI form), written once for the
     solver (analytic parameters) and the networks (learned ones): with z_0 = y,
 
@@ -56,6 +56,12 @@ def ml_ista_layers(hats, Y, ops, steps, thresholds, *, nonneg: bool = False):
     thresholds : L floats or tensors θ_i broadcasting against (batch, n_i) (μ_iλ_i for the solver)
     nonneg : bool
         η is the prox of θ‖·‖₁ + ι_{≥0}, (v − θ)₊, instead of soft thresholding.
+    rho : float in [0, 1]
+        The layer-wise relaxation of sulam2018 Supplementary B: with the previous step's layer outputs
+        ``previous`` = [γ_1, …, γ_L] (tensors (batch, n_i)), γ̂_i ← ργ̂_i + (1 − ρ)γ_i and
+        v_i = γ̂_i − η_i D_iᵀ(D_iγ̂_i − z_{i−1}). ρ = 1 (default) is T; ρ = 0 makes each layer one
+        proximal-gradient step on its own pursuit ½‖z_{i−1} − D_iγ‖² + λ_i‖γ‖₁ (the cascade of
+        :class:`LayeredBP`).
 
     Yields
     ------
@@ -63,16 +69,15 @@ def ml_ista_layers(hats, Y, ops, steps, thresholds, *, nonneg: bool = False):
     """
     z = Y
     for i, (op, eta, theta) in enumerate(zip(ops, steps, thresholds), start=1):
-        v = eta * op.adjoint(z) if hats is None else hats[i] - eta * op.adjoint(hats[i - 1] - z)
+        if hats is None:
+            v = eta * op.adjoint(z)
+        elif rho == 1:
+            v = hats[i] - eta * op.adjoint(hats[i - 1] - z)
+        else:
+            hat = torch.lerp(previous[i - 1], hats[i], rho)
+            v = hat - eta * op.adjoint(op.forward(hat) - z)
         z = soft_threshold(v, theta, nonneg=nonneg)
         yield v, z
-
-
-def ml_ista_step(G, Y, ops, steps, thresholds, *, nonneg: bool = False) -> torch.Tensor:
-    """T(γ) of :func:`ml_ista_layers` for rows γ (batch, n_L) (None: γ = 0); returns (batch, n_L)."""
-    hats = None if G is None else representations(ops, G)
-    *_, (_, z) = ml_ista_layers(hats, Y, ops, steps, thresholds, nonneg=nonneg)
-    return z
 
 
 def _zeros(problem, Y, X0):
@@ -301,4 +306,4 @@ class LayeredBP:
 METHODS = {"ml-ista": MLISTA, "ml-fista": MLFISTA, "admm": ADMM, "layered-bp": LayeredBP}
 
 
-__all__ = ["representations", "ml_ista_layers", "ml_ista_step", "MLISTA", "MLFISTA", "ADMM", "LayeredBP", "METHODS"]
+__all__ = ["representations", "ml_ista_layers", "MLISTA", "MLFISTA", "ADMM", "LayeredBP", "METHODS"]

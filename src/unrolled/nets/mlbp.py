@@ -1,13 +1,13 @@
 """Multi-layer sparse coding networks (sulam2018 §3–4; Sulam talk "Generalizing Recurrent CNNs").
 
 Every net runs the solver's own step on learned parameters: ML-ISTA / ML-FISTA call
-:func:`~unrolled.algorithms.mlbp.ml_ista_step`, layered BP calls
+:func:`~unrolled.algorithms.mlbp.ml_ista_layers` (the solver's map T), layered BP calls
 :func:`~unrolled.algorithms.lasso.ista_step` layer after layer. The parameters are
 
 * the dictionaries D_1, …, D_L, learned operators (``unrolled.operators.learned``): dense
   matrices or multi-channel strided convolutions (for those, pass ``Conv2dOperator(k, …).T``:
   Dᵢᵀ is the convolution, Dᵢ its transpose);
-* the steps η_i, stored as η_i = s_i e^{ρ_i} with s_i the analytic step (a buffer) and ρ_i = 0 at init;
+* the steps η_i, stored as η_i = s_i e^{σ_i} with s_i the analytic step (a buffer) and σ_i = 0 at init;
 * the biases b_i, one per atom (dense) or per channel (convolutional), used as thresholds:
   z_i = η(v_i, −b_i), i.e. ReLU(v_i + b_i) with ``nonneg=True``.
 
@@ -17,6 +17,10 @@ feed-forward network z_i = η(η_i D_iᵀz_{i−1}, −b_i), z_0 = y. With ``ini
 (b_i = −μ_iλ_i, η_i those of :class:`~unrolled.problems.MLBP`) ``MLISTANet`` / ``MLFISTANet``
 yield the iterates of ``ml_bp(..., method="ml-ista" | "ml-fista")`` and ``LayeredBPNet`` (b_i =
 −λ_i/‖D_i‖²) those of ``method="layered-bp"`` with ``max_iter = depth`` inner iterations (tests).
+
+``MLISTANet`` / ``MLFISTANet`` take the layer-wise relaxation ρ of sulam2018 Supplementary B
+(``rho``, ``net.rho = …`` on the caller's schedule); at ρ = 0 they are the cascade of
+:class:`~unrolled.algorithms.mlbp.LayeredBP` (ISTA resp. FISTA), another test.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from .._validate import choice, nonnegative_float
 from .. import operators
 from ..algorithms._common import GradientStep, extrapolate, fista_momentum
 from ..algorithms.lasso import ista_step
-from ..algorithms.mlbp import ml_ista_step
+from ..algorithms.mlbp import ml_ista_layers, representations
 from ..operators import as_operator
 from ..problems import MLBP
 from .base import UnrolledNet
@@ -125,7 +129,7 @@ class _MultiLayerNet(UnrolledNet):
         return self.dictionaries[-1].n
 
     def steps(self) -> torch.Tensor:
-        """η_i = s_i e^{ρ_i}, shape (L,)."""
+        """η_i = s_i e^{σ_i}, shape (L,)."""
         return self.step_unit * self.log_steps.exp()
 
     def thresholds(self) -> list[torch.Tensor]:
@@ -157,33 +161,76 @@ class _MultiLayerNet(UnrolledNet):
         return tuple(self.dictionaries[-1].in_shape)
 
 
-class MLISTANet(_MultiLayerNet):
+class _MLISTAFamily(_MultiLayerNet):
+    """The ML-ISTA step with learned parameters and the layer-wise relaxation ρ of sulam2018
+    Supplementary B (``rho``: 1 the global model, 0 the layer-wise relaxed one; set ``net.rho``
+    during training on any schedule, e.g. a sigmoid from 0 to 1 as in the paper, or to 0.5 for
+    SVHN; it is saved with the net). Other parameters: see :class:`_MultiLayerNet`."""
+
+    def __init__(self, dictionaries, depth: int, lams, *, rho: float = 1.0, **options):
+        rho = self._checked_rho(rho)
+        super().__init__(dictionaries, depth, lams, **options)
+        self.register_buffer("relaxation", self.scalar(rho))
+
+    @staticmethod
+    def _checked_rho(value) -> float:
+        rho = nonnegative_float(value, "rho")
+        if rho > 1:
+            raise ValueError(f"rho must be in [0, 1], got {value!r}")
+        return rho
+
+    @property
+    def rho(self) -> float:
+        """The relaxation ρ ∈ [0, 1] used by the next forward pass."""
+        return float(self.relaxation)
+
+    @rho.setter
+    def rho(self, value) -> None:
+        self.relaxation.fill_(self._checked_rho(value))
+
+    def parameters_now(self) -> tuple:
+        """(steps, thresholds, ρ) for the passes of one forward."""
+        return self.steps(), self.thresholds(), self.rho
+
+    def ml_ista_pass(self, previous, Y, parameters) -> list[torch.Tensor]:
+        """[z_1, …, z_L] of one step from the layer outputs ``previous`` (None: γ = 0)."""
+        steps, thresholds, rho = parameters
+        hats = None if previous is None else representations(self.dictionaries, previous[-1])
+        return [z for _, z in ml_ista_layers(hats, Y, self.dictionaries, steps, thresholds, nonneg=self.nonneg,
+                                             rho=rho, previous=previous)]
+
+
+class MLISTANet(_MLISTAFamily):
     """ML-ISTA unfolded (sulam2018 §4, Algorithm 2 with learned parameters): γ^{t+1} = T(γ^t), γ⁰ = 0,
-    T = :func:`~unrolled.algorithms.mlbp.ml_ista_step`. Parameters: see :class:`_MultiLayerNet`."""
+    T = :func:`~unrolled.algorithms.mlbp.ml_ista_layers` (relaxed by ρ). Parameters: see
+    :class:`_MultiLayerNet` and :class:`_MLISTAFamily`."""
 
     def iterates(self, Y, depth):
-        ops, steps, thetas = self.dictionaries, self.steps(), self.thresholds()
-        G = None
+        parameters, layers = self.parameters_now(), None
         for _ in range(depth):
-            G = ml_ista_step(G, Y, ops, steps, thetas, nonneg=self.nonneg)
-            yield G
+            layers = self.ml_ista_pass(layers, Y, parameters)
+            yield layers[-1]
 
 
-class MLFISTANet(_MultiLayerNet):
+class MLFISTANet(_MLISTAFamily):
     """ML-FISTA unfolded (sulam2018 Algorithm 3 with learned parameters): γ^{t+1} = T(w^t),
     w^{t+1} = γ^{t+1} + (s_t − 1)/s_{t+1}(γ^{t+1} − γ^t), s_{t+1} = (1 + √(1 + 4s_t²))/2, w⁰ = γ⁰ = 0.
-    Parameters: see :class:`_MultiLayerNet`."""
+    With ρ < 1 every layer's output carries state and is extrapolated alike. Parameters: see
+    :class:`_MultiLayerNet` and :class:`_MLISTAFamily`."""
 
     def iterates(self, Y, depth):
-        ops, steps, thetas = self.dictionaries, self.steps(), self.thresholds()
-        G = W = None
-        s = 1.0
+        parameters, layers, points, s = self.parameters_now(), None, None, 1.0
         for _ in range(depth):
-            G_new = ml_ista_step(W, Y, ops, steps, thetas, nonneg=self.nonneg)
+            new = self.ml_ista_pass(points, Y, parameters)
             s, beta = fista_momentum(s)
-            W = G_new if G is None else extrapolate(G_new, G, beta)
-            G = G_new
-            yield G
+            if layers is None:
+                points = new
+            elif parameters[2] == 1:
+                points = [*new[:-1], extrapolate(new[-1], layers[-1], beta)]
+            else:
+                points = [extrapolate(a, b, beta) for a, b in zip(new, layers)]
+            layers = new
+            yield layers[-1]
 
 
 class LayeredBPNet(_MultiLayerNet):
