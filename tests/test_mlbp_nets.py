@@ -41,7 +41,7 @@ def test_one_pass_is_the_feed_forward_network_dense(cls):
     net = cls(Ds, 5, [0.1, 0.2], nonneg=True)
     perturb(net)
     W1, W2 = net.op.weight, net.stack[0].weight
-    (e1, e2), (b1, b2) = net.steps(), net.biases
+    (e1, e2), (b1, b2) = net.steps(), net.bias()
     with torch.no_grad():
         expected = torch.relu(e2 * (torch.relu(e1 * (Y @ W1) + b1) @ W2) + b2)
         assert torch.equal(net(Y, depth=1), expected)
@@ -55,7 +55,7 @@ def test_one_pass_is_the_feed_forward_network_conv(cls):
     net = cls(Ds, 3, [0.1, 0.1], nonneg=True)
     perturb(net)
     k1, k2 = net.op.base.weight, net.stack[0].base.weight
-    (e1, e2), (b1, b2) = net.steps(), net.biases
+    (e1, e2), (b1, b2) = net.steps(), net.bias()
     with torch.no_grad():
         g1 = torch.relu(e1 * F.conv2d(Y, k1.flip(-2, -1), stride=2, padding=1) + b1[:, None, None])
         g2 = torch.relu(e2 * F.conv2d(g1, k2.flip(-2, -1), stride=1, padding=1) + b2[:, None, None])
@@ -235,3 +235,18 @@ def test_rho_between_is_saved_trained_and_checked(tmp_path):
             net.rho = bad
     with pytest.raises(ValueError, match="rho"):
         MLISTANet(Ds, 2, [0.1, 0.1], rho=2.0)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_untied_nets_have_steps_and_biases_per_pass(cls):
+    Ds, Y = dense_case()
+    lams = [0.3, 0.2]
+    tied, untied = cls(Ds, 4, lams), cls(Ds, 4, lams, tied=False)
+    extra = 3 * (2 + Ds[0].shape[1] + Ds[1].shape[1])   # η_i and b_i of passes 2..4
+    assert sum(p.numel() for p in untied.parameters()) == sum(p.numel() for p in tied.parameters()) + extra
+    with torch.no_grad():
+        torch.testing.assert_close(untied(Y), tied(Y), rtol=0, atol=1e-12)   # the same analytic values
+        one, two = untied(Y, depth=1), untied(Y, depth=2)
+        untied.biases[0][1].add_(0.5)   # pass 2's b_1
+        assert torch.equal(untied(Y, depth=1), one) and not torch.equal(untied(Y, depth=2), two)
+    assert untied.layer_parameters(1)[-2] is untied.biases[0][1]

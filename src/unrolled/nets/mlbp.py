@@ -59,18 +59,24 @@ class _MultiLayerNet(UnrolledNet):
 
     Parameters
     ----------
-    dictionaries : list of L operators or arrays, D_i of shape (n_{i−1}, n_i)
-        Copied into learned operators. (A single operator is L = 1.)
+    operator : list of L operators or arrays, D_i of shape (n_{i−1}, n_i)
+        The dictionaries, copied into learned operators (a single operator is L = 1).
     depth : int
         Passes, k + 1 for k unfoldings.
-    lams : list of L floats
-        λ_i ≥ 0: the analytic thresholds.
+    lams : float or list of L floats
+        λ_i ≥ 0: the analytic thresholds (a float: the same λ for every layer).
+    init : {"analytic"}
+        Steps and thresholds of the solver (module docstring).
+    tied : bool
+        True (default; the paper's recurrent nets): one set of steps and biases for every pass, so
+        every depth has the same parameters. False: steps and biases per pass (the dictionaries,
+        the model, stay shared).
     nonneg : bool
         Non-negative codes: the prox is ReLU(v + b).
     mu_scale : float
         μ = mu_scale/‖D_1‖² for the analytic steps (as :class:`~unrolled.problems.MLBP`).
     stack : list of dict
-        Set by ``unrolled.load`` only (D_2, …, D_L of a saved net; ``dictionaries`` is then D_1).
+        Set by ``unrolled.load`` only (D_2, …, D_L of a saved net; ``operator`` is then D_1).
 
     Returns
     -------
@@ -78,11 +84,13 @@ class _MultiLayerNet(UnrolledNet):
     (batch, *D_1.out_shape) give codes (batch, *D_L.in_shape).
     """
 
-    def __init__(self, dictionaries, depth: int, lams, *, init: str = "analytic", nonneg: bool = False,
-                 mu_scale: float = 1.0, stack: list | None = None):
-        ops = list(dictionaries) if isinstance(dictionaries, (list, tuple)) else [dictionaries]
+    TIE_OPTION = True
+
+    def __init__(self, operator, depth: int, lams=0.1, *, init: str = "analytic", tied: bool = True,
+                 nonneg: bool = False, mu_scale: float = 1.0, stack: list | None = None):
+        ops = list(operator) if isinstance(operator, (list, tuple)) else [operator]
         if not ops:
-            raise ValueError("dictionaries must hold at least one dictionary D_1")
+            raise ValueError("operator must hold at least one dictionary D_1")
         first = operators.learned(as_operator(ops[0], name="D_1"))
         if stack is None:
             rest = [operators.learned(as_operator(D, dtype=first.dtype, device=first.device, name=f"D_{i}"))
@@ -90,13 +98,13 @@ class _MultiLayerNet(UnrolledNet):
         else:
             rest = [_placeholder(entry, first.dtype) for entry in stack]
         ops = [first, *rest]
-        lams = [nonnegative_float(v, "lams") for v in (lams if isinstance(lams, (list, tuple)) else [lams])]
+        lams = [nonnegative_float(v, "lams") for v in (lams if isinstance(lams, (list, tuple)) else [lams] * len(ops))]
         if len(lams) != len(ops):
             raise ValueError(f"need one λ per layer: {len(ops)} dictionaries, {len(lams)} λ")
         for i in range(1, len(ops)):
             if ops[i].m != ops[i - 1].n:
                 raise ValueError(f"D_{i + 1} has {ops[i].m} rows but D_{i} has {ops[i - 1].n} columns")
-        super().__init__(first, depth, None, init=init, lams=lams, nonneg=bool(nonneg),
+        super().__init__(first, depth, None, init=init, tied=tied, lams=lams, nonneg=bool(nonneg),
                          mu_scale=nonnegative_float(mu_scale, "mu_scale", strict=True),
                          stack=[_stack_entry(op) for op in rest])
         self.stack = nn.ModuleList(rest)
@@ -104,11 +112,10 @@ class _MultiLayerNet(UnrolledNet):
         problem = MLBP([op.frozen() for op in ops], lams, mu_scale=mu_scale) if stack is None else None
         units = self.analytic_steps(problem)
         self.register_buffer("step_unit", torch.tensor(units, dtype=first.dtype, device=first.device))
-        self.log_steps = nn.Parameter(torch.zeros(len(ops), dtype=first.dtype, device=first.device))
+        self.log_steps = self.layer_list(lambda t: torch.zeros(len(ops), dtype=first.dtype, device=first.device))
         thetas = self.analytic_thresholds(problem)
-        self.biases = nn.ParameterList([nn.Parameter(torch.full((_channels(op),), -theta, dtype=first.dtype,
-                                                                device=first.device))
-                                        for op, theta in zip(ops, thetas)])
+        self.biases = nn.ModuleList([self.layer_list(lambda t, c=_channels(op), theta=theta: torch.full(
+            (c,), -theta, dtype=first.dtype, device=first.device)) for op, theta in zip(ops, thetas)])
 
     # -- the analytic values (placeholders when loading: the state dict overwrites them) --------------
     def analytic_steps(self, problem: MLBP | None) -> list[float]:
@@ -128,23 +135,34 @@ class _MultiLayerNet(UnrolledNet):
         """The length of the deepest code γ_L (D_L's columns)."""
         return self.dictionaries[-1].n
 
-    def steps(self) -> torch.Tensor:
-        """η_i = s_i e^{σ_i}, shape (L,)."""
-        return self.step_unit * self.log_steps.exp()
+    def steps(self, t: int = 0) -> torch.Tensor:
+        """η_i = s_i e^{σ_i} of pass t, shape (L,)."""
+        return self.step_unit * self.at(self.log_steps, t).exp()
 
-    def thresholds(self) -> list[torch.Tensor]:
-        """θ_i = −b_i broadcast over the entries of a code, shapes (n_i,)."""
-        return [-b.repeat_interleave(op.n // b.numel()) for b, op in zip(self.biases, self.dictionaries)]
+    def bias(self, t: int = 0) -> list[torch.Tensor]:
+        """[b_1, …, b_L] of pass t, shapes (n_i,) or (C_i,) (one per channel)."""
+        return [self.at(b, t) for b in self.biases]
+
+    def thresholds(self, t: int = 0) -> list[torch.Tensor]:
+        """θ_i = −b_i of pass t broadcast over the entries of a code, shapes (n_i,)."""
+        return [-b.repeat_interleave(op.n // b.numel()) for b, op in zip(self.bias(t), self.dictionaries)]
+
+    def pass_parameters(self, depth: int) -> list[tuple]:
+        """[(steps, thresholds)] of passes 0..depth−1 (computed once when tied)."""
+        if self.tied:
+            return [(self.steps(), self.thresholds())] * depth
+        return [(self.steps(t), self.thresholds(t)) for t in range(depth)]
 
     def mlbp(self) -> MLBP:
-        """P_ML on (fixed copies of) the current dictionaries and steps, for the objective and certificate."""
+        """P_ML on (fixed copies of) the current dictionaries and first pass's steps (objective, certificate)."""
         return MLBP([op.frozen() for op in self.dictionaries], self.lams,
                     steps=[float(s) for s in self.steps().detach()])
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
-        """Every parameter: they are shared by all passes (staged training trains the whole net each stage)."""
+        """The dictionaries and the steps and biases of pass t (all of them when tied)."""
         self.check_layer(t)
-        return list(self.parameters())
+        own = [self.at(self.log_steps, t), *self.bias(t)]
+        return [p for op in self.dictionaries for p in op.parameters()] + own
 
     def forward(self, Y, *, depth: int | None = None, return_all: bool = False):
         """As :meth:`UnrolledNet.forward`; images (batch, *D_1.out_shape) give codes (batch, *D_L.in_shape)."""
@@ -167,9 +185,11 @@ class _MLISTAFamily(_MultiLayerNet):
     during training on any schedule, e.g. a sigmoid from 0 to 1 as in the paper, or to 0.5 for
     SVHN; it is saved with the net). Other parameters: see :class:`_MultiLayerNet`."""
 
-    def __init__(self, dictionaries, depth: int, lams, *, rho: float = 1.0, **options):
+    def __init__(self, operator, depth: int, lams=0.1, *, init: str = "analytic", tied: bool = True,
+                 nonneg: bool = False, mu_scale: float = 1.0, rho: float = 1.0, stack: list | None = None):
         rho = self._checked_rho(rho)
-        super().__init__(dictionaries, depth, lams, **options)
+        super().__init__(operator, depth, lams, init=init, tied=tied, nonneg=nonneg, mu_scale=mu_scale, stack=stack)
+        self.config["rho"] = rho
         self.register_buffer("relaxation", self.scalar(rho))
 
     @staticmethod
@@ -188,13 +208,8 @@ class _MLISTAFamily(_MultiLayerNet):
     def rho(self, value) -> None:
         self.relaxation.fill_(self._checked_rho(value))
 
-    def parameters_now(self) -> tuple:
-        """(steps, thresholds, ρ) for the passes of one forward."""
-        return self.steps(), self.thresholds(), self.rho
-
-    def ml_ista_pass(self, previous, Y, parameters) -> list[torch.Tensor]:
+    def ml_ista_pass(self, previous, Y, steps, thresholds, rho: float) -> list[torch.Tensor]:
         """[z_1, …, z_L] of one step from the layer outputs ``previous`` (None: γ = 0)."""
-        steps, thresholds, rho = parameters
         hats = None if previous is None else representations(self.dictionaries, previous[-1])
         return [z for _, z in ml_ista_layers(hats, Y, self.dictionaries, steps, thresholds, nonneg=self.nonneg,
                                              rho=rho, previous=previous)]
@@ -206,9 +221,9 @@ class MLISTANet(_MLISTAFamily):
     :class:`_MultiLayerNet` and :class:`_MLISTAFamily`."""
 
     def iterates(self, Y, depth):
-        parameters, layers = self.parameters_now(), None
-        for _ in range(depth):
-            layers = self.ml_ista_pass(layers, Y, parameters)
+        layers, rho = None, self.rho
+        for steps, thresholds in self.pass_parameters(depth):
+            layers = self.ml_ista_pass(layers, Y, steps, thresholds, rho)
             yield layers[-1]
 
 
@@ -219,13 +234,13 @@ class MLFISTANet(_MLISTAFamily):
     :class:`_MultiLayerNet` and :class:`_MLISTAFamily`."""
 
     def iterates(self, Y, depth):
-        parameters, layers, points, s = self.parameters_now(), None, None, 1.0
-        for _ in range(depth):
-            new = self.ml_ista_pass(points, Y, parameters)
+        layers, points, s, rho = None, None, 1.0, self.rho
+        for steps, thresholds in self.pass_parameters(depth):
+            new = self.ml_ista_pass(points, Y, steps, thresholds, rho)
             s, beta = fista_momentum(s)
             if layers is None:
                 points = new
-            elif parameters[2] == 1:
+            elif rho == 1:
                 points = [*new[:-1], extrapolate(new[-1], layers[-1], beta)]
             else:
                 points = [extrapolate(a, b, beta) for a, b in zip(new, layers)]
@@ -245,9 +260,10 @@ class LayeredBPNet(_MultiLayerNet):
     Others: see :class:`_MultiLayerNet` (``mu_scale`` is not used).
     """
 
-    def __init__(self, dictionaries, depth: int, lams, *, inner: str = "ista", **options):
+    def __init__(self, operator, depth: int, lams=0.1, *, init: str = "analytic", tied: bool = True,
+                 nonneg: bool = False, mu_scale: float = 1.0, inner: str = "ista", stack: list | None = None):
         inner = choice(inner, "inner", ("ista", "fista"))
-        super().__init__(dictionaries, depth, lams, **options)
+        super().__init__(operator, depth, lams, init=init, tied=tied, nonneg=nonneg, mu_scale=mu_scale, stack=stack)
         self.inner = self.config["inner"] = inner
 
     def analytic_steps(self, problem):
@@ -258,18 +274,18 @@ class LayeredBPNet(_MultiLayerNet):
             [lam / op.lipschitz for op, lam in zip(problem.ops, self.lams)]
 
     def iterates(self, Y, depth):
-        target, layers = Y, list(zip(self.dictionaries, self.steps(), self.thresholds()))
-        for i, (op, eta, theta) in enumerate(layers, start=1):
-            grad_step = GradientStep(op, eta)
-            b, z, w, s = grad_step.offset(target), None, None, 1.0
-            for _ in range(depth):
-                z_new = ista_step(w, b, grad_step, theta, nonneg=self.nonneg)
+        target, passes, L = Y, self.pass_parameters(depth), len(self.lams)
+        for i, op in enumerate(self.dictionaries):
+            z, w, s = None, None, 1.0
+            for steps, thresholds in passes:
+                grad_step = GradientStep(op, steps[i])
+                z_new = ista_step(w, grad_step.offset(target), grad_step, thresholds[i], nonneg=self.nonneg)
                 if self.inner == "fista":
                     s, beta = fista_momentum(s)
                     w = z_new if z is None else extrapolate(z_new, z, beta)
                 else:
                     w = z_new
                 z = z_new
-                if i == len(layers):
+                if i == L - 1:
                     yield z
             target = z
