@@ -250,3 +250,30 @@ def test_untied_nets_have_steps_and_biases_per_pass(cls):
         untied.biases[0][1].add_(0.5)   # pass 2's b_1
         assert torch.equal(untied(Y, depth=1), one) and not torch.equal(untied(Y, depth=2), two)
     assert untied.layer_parameters(1)[-2] is untied.biases[0][1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cls", CLASSES)
+def test_cuda_matches_cpu(cls):
+    Ds, Y = conv_case()[:2]
+    net = cls(Ds, 4, [0.02, 0.05], nonneg=True)
+    perturb(net)
+    with torch.no_grad():
+        cpu = net(Y)
+    net.to("cuda")
+    gpu = net(Y.cuda())
+    gpu.sum().backward()
+    assert gpu.is_cuda and net.op.base.weight.grad.is_cuda
+    torch.testing.assert_close(gpu.detach().cpu(), cpu, rtol=0, atol=1e-9)
+
+
+def test_mlbp_of_an_analytic_net_is_the_solvers_problem():
+    from unrolled.problems import MLBP
+    Ds, Y = dense_case()
+    lams = [0.3, 0.2]
+    net = MLFISTANet(Ds, 200, lams, mu_scale=0.5)
+    problem, ref = net.mlbp(), MLBP([ur.operators.DenseOperator(D) for D in Ds], lams, mu_scale=0.5)
+    assert problem.etas == pytest.approx(ref.etas, rel=1e-12) and problem.mus == pytest.approx(ref.mus, rel=1e-12)
+    with torch.no_grad():
+        first, last = net(Y, return_all=True)[::199]
+    assert float(problem.certificate(last, Y).max()) < 1e-2 * float(problem.certificate(first, Y).min())
