@@ -1,5 +1,6 @@
 """Multi-layer sparse coding nets (nets/mlbp.py): the feed-forward pass, shared parameters, the
 analytic nets against the ML-BP solvers, save/load, and a fit."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,6 +176,8 @@ def test_bad_arguments():
         LayeredBPNet(Ds, 2, [0.1, 0.1], inner="admm")
     with pytest.raises(ValueError, match="depth"):
         MLISTANet(Ds, 0, [0.1, 0.1])
+    same = MLISTANet(Ds, 2, np.array([0.1, 0.1]))
+    assert same.lams == [0.1, 0.1] and MLISTANet(Ds, 2, 0.1).lams == [0.1, 0.1]
     with pytest.raises(ValueError, match="at least one"):
         MLISTANet([], 2, [])
 

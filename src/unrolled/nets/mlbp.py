@@ -24,6 +24,7 @@ yield the iterates of ``ml_bp(..., method="ml-ista" | "ml-fista")`` and ``Layere
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,7 +99,7 @@ class _MultiLayerNet(UnrolledNet):
         else:
             rest = [_placeholder(entry, first.dtype) for entry in stack]
         ops = [first, *rest]
-        lams = [nonnegative_float(v, "lams") for v in (lams if isinstance(lams, (list, tuple)) else [lams] * len(ops))]
+        lams = [nonnegative_float(v, "lams") for v in ([lams] * len(ops) if np.ndim(lams) == 0 else list(lams))]
         if len(lams) != len(ops):
             raise ValueError(f"need one λ per layer: {len(ops)} dictionaries, {len(lams)} λ")
         for i in range(1, len(ops)):
