@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from .algorithms._common import soft_threshold
 from .operators import DenseOperator, Operator
 
 
@@ -195,10 +194,8 @@ class MLBP:
     # -- helpers ---------------------------------------------------------
     def chain(self, G):
         """[γ̂_0 = D_(1,L)γ, γ̂_1, …, γ̂_L = γ]: the representations of every layer."""
-        hats = [G]
-        for op in reversed(self.ops):
-            hats.append(op.forward(hats[-1]))
-        return hats[::-1]
+        from .algorithms.mlbp import representations
+        return representations(self.ops, G)
 
     def objective(self, G, Y):
         hats = self.chain(G)
@@ -215,16 +212,13 @@ class MLBP:
         (i < L), v_i the pre-threshold of layer i: the analysis sub-gradients used by
         :meth:`duality_gap`.
         """
-        hats = self.chain(G)
-        z_prev, duals = Y, []
-        for i in range(1, self.L + 1):
-            op, eta, mu, lam = self.ops[i - 1], self.etas[i - 1], self.mus[i - 1], self.lams[i - 1]
-            v = hats[i] - eta * op.adjoint(hats[i - 1] - z_prev)
-            z = soft_threshold(v, mu * lam)
+        from .algorithms.mlbp import ml_ista_layers
+        thresholds = [mu * lam for mu, lam in zip(self.mus, self.lams)]
+        duals = []
+        for i, (v, z) in enumerate(ml_ista_layers(self.chain(G), Y, self.ops, self.etas, thresholds), start=1):
             if return_duals and i < self.L:
-                duals.append((v - z) / mu)
-            z_prev = z
-        return (z_prev, duals) if return_duals else z_prev
+                duals.append((v - z) / self.mus[i - 1])
+        return (z, duals) if return_duals else z
 
     def scale(self, Y):
         """‖D_(1,L)ᵀy‖∞ per row: the size of the data gradient at γ = 0."""

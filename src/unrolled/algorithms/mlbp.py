@@ -31,6 +31,55 @@ from ._common import (GradientStep, NormalPair, extrapolate, fista_momentum, mom
 from .lasso import ista_step
 
 
+def representations(ops, G: torch.Tensor) -> list[torch.Tensor]:
+    """[γ̂_0 = D_(1,L)γ, γ̂_1, …, γ̂_L = γ] for rows γ (batch, n_L): γ̂_{i−1} = D_iγ̂_i."""
+    hats = [G]
+    for op in reversed(ops):
+        hats.append(op.forward(hats[-1]))
+    return hats[::-1]
+
+
+def ml_ista_layers(hats, Y, ops, steps, thresholds, *, nonneg: bool = False, rho: float = 1.0, previous=None):
+    """The layers of one ML-ISTA step T(γ) (sulam2018 Algorithm 2, TPAMI form), written once for the
+    solver (analytic parameters) and the networks (learned ones): with z_0 = y,
+
+        v_i = γ̂_i − η_i D_iᵀ(γ̂_{i−1} − z_{i−1}),   z_i = η(v_i, θ_i),   i = 1..L,   T(γ) = z_L.
+
+    Parameters
+    ----------
+    hats : list of L + 1 tensors or None
+        :func:`representations` of γ; None stands for γ = 0, where v_i = η_i D_iᵀz_{i−1}: the
+        feed-forward pass z_i = η(η_i D_iᵀz_{i−1}, θ_i) (the talk's γ₂ = ReLU(μ₂D₂ᵀReLU(μ₁D₁ᵀy + b₁) + b₂)).
+    Y : tensor (batch, n_0)
+    ops : L operators D_i of shape (n_{i−1}, n_i) (fixed or learned)
+    steps : L floats or scalar tensors η_i
+    thresholds : L floats or tensors θ_i broadcasting against (batch, n_i) (μ_iλ_i for the solver)
+    nonneg : bool
+        η is the prox of θ‖·‖₁ + ι_{≥0}, (v − θ)₊, instead of soft thresholding.
+    rho : float in [0, 1]
+        The layer-wise relaxation of sulam2018 Supplementary B: with the previous step's layer outputs
+        ``previous`` = [γ_1, …, γ_L] (tensors (batch, n_i)), γ̂_i ← ργ̂_i + (1 − ρ)γ_i and
+        v_i = γ̂_i − η_i D_iᵀ(D_iγ̂_i − z_{i−1}). ρ = 1 (default) is T; ρ = 0 makes each layer one
+        proximal-gradient step on its own pursuit ½‖z_{i−1} − D_iγ‖² + λ_i‖γ‖₁ (the cascade of
+        :class:`LayeredBP`).
+
+    Yields
+    ------
+    (v_i, z_i) : tensors (batch, n_i), the pre-threshold and the output of layer i.
+    """
+    z = Y
+    for i, (op, eta, theta) in enumerate(zip(ops, steps, thresholds), start=1):
+        if hats is None:
+            v = eta * op.adjoint(z)
+        elif rho == 1:
+            v = hats[i] - eta * op.adjoint(hats[i - 1] - z)
+        else:
+            hat = torch.lerp(previous[i - 1], hats[i], rho)
+            v = hat - eta * op.adjoint(op.forward(hat) - z)
+        z = soft_threshold(v, theta, nonneg=nonneg)
+        yield v, z
+
+
 def _zeros(problem, Y, X0):
     return starting_point(Y, X0, problem.ops[-1].n)
 
@@ -257,4 +306,4 @@ class LayeredBP:
 METHODS = {"ml-ista": MLISTA, "ml-fista": MLFISTA, "admm": ADMM, "layered-bp": LayeredBP}
 
 
-__all__ = ["MLISTA", "MLFISTA", "ADMM", "LayeredBP", "METHODS"]
+__all__ = ["representations", "ml_ista_layers", "MLISTA", "MLFISTA", "ADMM", "LayeredBP", "METHODS"]
