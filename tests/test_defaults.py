@@ -100,3 +100,12 @@ def test_default_lapgd_beats_apgd_at_same_depth():
     ur.train(net, Y.astype(f), X.astype(f), progress=False)
     classical = classical_errors(A, Yt, Xt, 3)
     assert recovery_error(net(Yt.astype(f)), Xt) < 0.8 * min(classical["APGD"][-1], classical["PGD"][-1])
+
+
+def test_an_explicit_rate_is_every_parameters_rate():
+    """lr given, params not: no family groups (failed before: SLISTA's log-steps trained at 10 × lr)."""
+    net = SLISTA(np.eye(4, 8) + 0.1, 3, 0.1)
+    lr, _, _, _, params = resolve(net, lr=0.05, batch_size=None, epochs=None, clip=AUTO, params=None)
+    assert lr == 0.05 and params is None
+    lr, _, _, _, params = resolve(net, lr=None, batch_size=None, epochs=None, clip=AUTO, params=None)
+    assert lr == recipe_for(net).lr and [g["lr"] for g in params] == [10.0]
