@@ -1,4 +1,5 @@
 """Batched Lawson–Hanson (method="active-set") against SciPy's nnls; FISTA speed options; bench smoke."""
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +29,7 @@ def test_equals_scipy_float64(m, n):
     assert isinstance(res.x, np.ndarray) and res.x.shape == (40, n)
     assert res.converged.all()
     assert (res.x >= 0).all()
-    scale = 0.5 * (Y ** 2).sum(1)
+    scale = 0.5 * (Y**2).sum(1)
     assert np.max(np.abs(_obj(A, res.x, Y) - _obj(A, ref, Y)) / scale) < 1e-12
     if m >= n:  # unique solution: points agree
         assert np.max(np.abs(res.x - ref)) < 1e-10 * max(1.0, np.abs(ref).max())
@@ -43,7 +44,7 @@ def test_xie_setting_and_active_constraints():
     res = ur.nnls(torch.from_numpy(A), torch.from_numpy(Y), method="active-set", tol=1e-12)
     assert isinstance(res.x, torch.Tensor)
     x = res.x.numpy()
-    scale = 0.5 * (Y ** 2).sum(1)
+    scale = 0.5 * (Y**2).sum(1)
     assert np.max((_obj(A, x, Y) - _obj(A, ref, Y)) / scale) < 1e-12
     assert res.converged.all()
 
@@ -69,7 +70,7 @@ def test_float32(m, n):
     res = ur.nnls(A.astype(np.float32), Y.astype(np.float32), method="active-set", tol=1e-5)
     assert res.x.dtype == np.float32 and (res.x >= 0).all()
     x = res.x.astype(np.float64)
-    scale = 0.5 * (Y ** 2).sum(1)
+    scale = 0.5 * (Y**2).sum(1)
     assert np.max(np.abs(_obj(A, x, Y) - _obj(A, ref, Y)) / scale) < 1e-5
     if m >= n:
         assert np.max(np.abs(x - ref)) < 1e-4 * np.abs(ref).max()
@@ -99,7 +100,7 @@ def test_rank_deficient_columns():
     ref = _reference(A, Y)
     res = ur.nnls(A, Y, method="active-set", tol=1e-10)
     assert np.isfinite(res.x).all() and (res.x >= 0).all()
-    scale = 0.5 * (Y ** 2).sum(1)
+    scale = 0.5 * (Y**2).sum(1)
     assert np.max(np.abs(_obj(A, res.x, Y) - _obj(A, ref, Y)) / scale) < 1e-12
 
 

@@ -1,4 +1,5 @@
 """Certified learned inference: net.certify, ur.refine, and the certificate as a shift detector."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,7 @@ from sklearn.linear_model import Lasso as SkLasso
 
 import unrolled as ur
 from unrolled.certified import support_least_squares
-from unrolled.data import sparse_nonnegative, sphere_dictionary, equiregularization
+from unrolled.data import equiregularization, sparse_nonnegative, sphere_dictionary
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +30,11 @@ def _nnls_objective(A, X, Y):
 def test_certify_is_the_problems_certificate_of_the_output(xie, moreau):
     A, Y, _ = xie
     D, Yl = moreau
-    A32, D32 = A.astype(np.float32), D.astype(np.float32)   # the net's problem is on its own (float32) matrix
-    for net, Yb, problem in ((ur.nets.LAPGD(A32, 3, init="paper"), Y, ur.NNLS(ur.DenseOperator(A32.astype(float)))),
-                             (ur.nets.SLISTA(D32, 5, 0.1), Yl, ur.Lasso(ur.DenseOperator(D32.astype(float)), 0.1))):
+    A32, D32 = A.astype(np.float32), D.astype(np.float32)  # the net's problem is on its own (float32) matrix
+    for net, Yb, problem in (
+        (ur.nets.LAPGD(A32, 3, init="paper"), Y, ur.NNLS(ur.DenseOperator(A32.astype(float)))),
+        (ur.nets.SLISTA(D32, 5, 0.1), Yl, ur.Lasso(ur.DenseOperator(D32.astype(float)), 0.1)),
+    ):
         with torch.no_grad():
             X = net(torch.as_tensor(Yb, dtype=torch.float32)).double()
         Y64 = torch.as_tensor(Yb)
@@ -50,6 +53,7 @@ def test_certify_with_the_answers_runs_no_forward_pass(xie):
 
     def no_forward(*args, **kwargs):
         raise AssertionError("a second forward pass")
+
     net.iterates = no_forward
     c = net.certify(Y, X)
     np.testing.assert_array_equal(c.certificate, expected.certificate)
@@ -70,7 +74,7 @@ def test_certify_keeps_the_callers_kind(xie):
 @pytest.mark.parametrize("scale", [1.0, 1e4])
 def test_refine_nnls_is_certified_and_optimal(xie, scale):
     A, Y, _ = xie
-    A, Y = A * scale, Y * scale   # badly scaled: the certificate and the result must not care
+    A, Y = A * scale, Y * scale  # badly scaled: the certificate and the result must not care
     net = ur.nets.LAPGD(A.astype(np.float32), 3, init="paper")
     res = ur.refine(net, Y, tol=1e-8)
     assert res.converged.all()
@@ -79,7 +83,7 @@ def test_refine_nnls_is_certified_and_optimal(xie, scale):
     assert (res.x >= 0).all()
     X_ref = np.array([scipy_nnls(A, y)[0] for y in Y])
     f, f_ref = _nnls_objective(A, res.x, Y), _nnls_objective(A, X_ref, Y)
-    assert (f - f_ref <= 1e-10 * (Y ** 2).sum(1)).all()
+    assert (f - f_ref <= 1e-10 * (Y**2).sum(1)).all()
 
 
 def test_refine_lasso_is_certified_and_matches_sklearn(moreau):
@@ -90,8 +94,10 @@ def test_refine_lasso_is_certified_and_matches_sklearn(moreau):
     assert res.converged.all() and (res.history["certificate"][-1] <= 1e-9).all()
     sk = SkLasso(alpha=lam / D.shape[0], fit_intercept=False, tol=1e-12, max_iter=100_000)
     Z_ref = np.array([sk.fit(D, y).coef_ for y in Y])
+
     def objective(Z):
         return 0.5 * ((Z @ D.T - Y) ** 2).sum(1) + lam * np.abs(Z).sum(1)
+
     np.testing.assert_allclose(objective(res.x), objective(Z_ref), rtol=1e-8)
 
 
@@ -140,7 +146,7 @@ def test_support_least_squares_is_exact_on_the_true_support():
         row[rng.choice(30, 4, replace=False)] = rng.uniform(1, 2, 4)
     Y = X @ A.T
     G, aty = torch.as_tensor(A.T @ A), torch.as_tensor(Y @ A)
-    guess = torch.as_tensor(X * rng.uniform(0.2, 5.0, X.shape))   # right support, wrong values
+    guess = torch.as_tensor(X * rng.uniform(0.2, 5.0, X.shape))  # right support, wrong values
     np.testing.assert_allclose(support_least_squares(G, aty, guess, 12).numpy(), X, atol=1e-10)
 
 
@@ -165,12 +171,21 @@ def test_cli_solve_writes_certificates_and_refines_in_chunks(xie, tmp_path, caps
     import json
 
     from unrolled.cli import main
+
     A, Y, _ = xie
     net = ur.nets.LAPGD(A.astype(np.float32), 3, init="paper")
     net.save(tmp_path / "m.safetensors")
     np.save(tmp_path / "Y.npy", Y[:10])
-    common = ["solve", "--model", str(tmp_path / "m.safetensors"), "--input", str(tmp_path / "Y.npy"), "--quiet",
-              "--chunk", "3"]
+    common = [
+        "solve",
+        "--model",
+        str(tmp_path / "m.safetensors"),
+        "--input",
+        str(tmp_path / "Y.npy"),
+        "--quiet",
+        "--chunk",
+        "3",
+    ]
     assert main([*common, "--output", str(tmp_path / "X.npy"), "--certificates", str(tmp_path / "c.npy")]) == 0
     expected = net.certify(Y[:10]).certificate
     np.testing.assert_allclose(np.load(tmp_path / "c.npy"), expected, rtol=1e-6)
@@ -181,11 +196,27 @@ def test_cli_solve_writes_certificates_and_refines_in_chunks(xie, tmp_path, caps
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["converged"] == 1.0 and info["certificate_worst"] <= 1e-9
     cert = ur.NNLS(ur.DenseOperator(A.astype(np.float32).astype(float))).certificate(
-        torch.as_tensor(np.load(tmp_path / "R.npy")), torch.as_tensor(Y[:10]))
+        torch.as_tensor(np.load(tmp_path / "R.npy")), torch.as_tensor(Y[:10])
+    )
     assert (cert <= 1e-9).all()
     np.save(tmp_path / "A.npy", A)
-    assert main(["solve", "--method", "apgd", "--operator", str(tmp_path / "A.npy"), "--input",
-                 str(tmp_path / "Y.npy"), "--output", str(tmp_path / "Z.npy"), "--refine"]) == 2
+    assert (
+        main(
+            [
+                "solve",
+                "--method",
+                "apgd",
+                "--operator",
+                str(tmp_path / "A.npy"),
+                "--input",
+                str(tmp_path / "Y.npy"),
+                "--output",
+                str(tmp_path / "Z.npy"),
+                "--refine",
+            ]
+        )
+        == 2
+    )
     assert "--refine" in capsys.readouterr().err
 
 
@@ -193,6 +224,7 @@ def test_reproduce_certified_inference_quick(tmp_path):
     import json
 
     from unrolled.experiments import reproduce
+
     res = reproduce("certified-inference", quick=True, out=tmp_path)
     assert (tmp_path / "certificates.png").is_file()
     assert json.loads((tmp_path / "results.json").read_text())["experiment"] == "certified-inference"
@@ -207,10 +239,13 @@ def test_reproduce_certified_inference_quick(tmp_path):
 
 def test_bench_rows_reach_the_tolerance(xie, moreau):
     from unrolled.experiments.certified import TOL, _bench_setting
+
     A, Y, _ = xie
     D, Yl = moreau
-    for label, kind, net, op, Yb in (("xie", "nnls", ur.nets.LAPGD(A, 3), A, Y[:40]),
-                                     ("lasso", "lasso", ur.nets.SLISTA(D, 5, 0.1), D, Yl[:40])):
+    for label, kind, net, op, Yb in (
+        ("xie", "nnls", ur.nets.LAPGD(A, 3), A, Y[:40]),
+        ("lasso", "lasso", ur.nets.SLISTA(D, 5, 0.1), D, Yl[:40]),
+    ):
         rows, ratio = _bench_setting(label, kind, net, op, Yb, repeat=1, n_ref=5)
         names = [r["method"] for r in rows]
         assert any(n.endswith("+ refine") for n in names) and ratio > 0

@@ -1,4 +1,5 @@
 """The `unrolled` command: train from TOML, solve with a model or a method, refuse a foreign operator."""
+
 import json
 
 import numpy as np
@@ -49,8 +50,22 @@ def test_solve_with_model_matches_the_loaded_net(trained):
     _, Y, _ = ur.data.sparse_nonnegative(20, A=A, seed=3)
     np.save(trained / "Y.npy", Y)
     out = trained / "X.npy"
-    assert main(["solve", "--model", str(run / "model.safetensors"), "--operator", str(run / "operator.npy"),
-                 "--input", str(trained / "Y.npy"), "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "solve",
+                "--model",
+                str(run / "model.safetensors"),
+                "--operator",
+                str(run / "operator.npy"),
+                "--input",
+                str(trained / "Y.npy"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     net = ur.load(run / "model.safetensors")
     np.testing.assert_array_equal(np.load(out), net(Y))
     assert json.loads(out.with_suffix(".json").read_text())["net"] == "LPGD"
@@ -60,8 +75,19 @@ def test_solve_refuses_a_foreign_operator(trained, capsys):
     np.save(trained / "B.npy", np.random.default_rng(12345).uniform(size=(10, 20)))
     _, Y, _ = ur.data.sparse_nonnegative(5, A=np.load(trained / "run" / "operator.npy"), seed=3)
     np.save(trained / "Y2.npy", Y)
-    rc = main(["solve", "--model", str(trained / "run" / "model.safetensors"), "--operator", str(trained / "B.npy"),
-               "--input", str(trained / "Y2.npy"), "--output", str(trained / "never.npy")])
+    rc = main(
+        [
+            "solve",
+            "--model",
+            str(trained / "run" / "model.safetensors"),
+            "--operator",
+            str(trained / "B.npy"),
+            "--input",
+            str(trained / "Y2.npy"),
+            "--output",
+            str(trained / "never.npy"),
+        ]
+    )
     assert rc == 2 and "trained for operator" in capsys.readouterr().err
     assert not (trained / "never.npy").exists()
 
@@ -71,11 +97,37 @@ def test_solve_with_a_classical_method_matches_the_library(tmp_path, capsys):
     np.save(tmp_path / "A.npy", A)
     np.savez(tmp_path / "Y.npz", Y=Y)
     out = tmp_path / "X.npy"
-    assert main(["solve", "--method", "apgd", "--operator", str(tmp_path / "A.npy"), "--input",
-                 str(tmp_path / "Y.npz"), "--output", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "solve",
+                "--method",
+                "apgd",
+                "--operator",
+                str(tmp_path / "A.npy"),
+                "--input",
+                str(tmp_path / "Y.npz"),
+                "--output",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_allclose(np.load(out), ur.nnls(A, Y, "apgd").x)
-    rc = main(["solve", "--method", "fista", "--operator", str(tmp_path / "A.npy"), "--input",
-               str(tmp_path / "Y.npz"), "--output", str(out)])
+    rc = main(
+        [
+            "solve",
+            "--method",
+            "fista",
+            "--operator",
+            str(tmp_path / "A.npy"),
+            "--input",
+            str(tmp_path / "Y.npz"),
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 2 and "--lam" in capsys.readouterr().err
 
 
@@ -108,7 +160,10 @@ lr = 1e-2
     D = np.load(tmp_path / "run" / "operator.npy")
     _, Y, _ = ur.data.equiregularized_signals(20, A=D, seed=9)
     ista = ur.lasso(D, Y, 0.3, "ista", max_iter=4, tol=0)
-    F = lambda Z: 0.5 * ((Z @ D.T - Y) ** 2).sum(1) + 0.3 * np.abs(Z).sum(1)
+
+    def F(Z):
+        return 0.5 * ((Z @ D.T - Y) ** 2).sum(1) + 0.3 * np.abs(Z).sum(1)
+
     assert F(net(Y)).mean() <= F(ista.x).mean() * 1.01  # trained steps do at least as well as 4 ISTA steps
 
 
@@ -120,12 +175,15 @@ def test_solve_in_chunks_equals_one_batch(trained, tmp_path):
     np.save(tmp_path / "y.npy", Y[0])
     np.save(tmp_path / "A.npy", A)
     net = ur.load(run / "model.safetensors")
-    for args, expected in ((["--model", str(run / "model.safetensors")], net(Y)),
-                           (["--method", "fista", "--lam", "0.5", "--operator", str(tmp_path / "A.npy")],
-                            ur.lasso(A, Y, 0.5, "fista").x)):
+    for args, expected in (
+        (["--model", str(run / "model.safetensors")], net(Y)),
+        (["--method", "fista", "--lam", "0.5", "--operator", str(tmp_path / "A.npy")], ur.lasso(A, Y, 0.5, "fista").x),
+    ):
         out = tmp_path / "X.npy"
-        assert main(["solve", *args, "--input", str(tmp_path / "Y.npy"), "--output", str(out), "--chunk", "3",
-                     "--quiet"]) == 0
+        assert (
+            main(["solve", *args, "--input", str(tmp_path / "Y.npy"), "--output", str(out), "--chunk", "3", "--quiet"])
+            == 0
+        )
         np.testing.assert_allclose(np.load(out), expected, rtol=0, atol=1e-12)
         assert main(["solve", *args, "--input", str(tmp_path / "y.npy"), "--output", str(out), "--quiet"]) == 0
         np.testing.assert_allclose(np.load(out), expected[0], rtol=0, atol=1e-9)  # alone: its own stopping step

@@ -1,4 +1,5 @@
 """The CUDA path: solvers, networks and training on a GPU agree with the CPU (skipped without one)."""
+
 import numpy as np
 import pytest
 import torch
@@ -22,11 +23,13 @@ def test_nnls_on_cuda_matches_cpu(method):
 @pytest.mark.parametrize("method", ["ista", "fista", "oista"])
 def test_lasso_on_cuda_matches_cpu(method):
     rng = np.random.default_rng(0)
-    D = rng.standard_normal((32, 64)); D /= np.linalg.norm(D, axis=0)
+    D = rng.standard_normal((32, 64))
+    D /= np.linalg.norm(D, axis=0)
     Y = rng.standard_normal((50, 32))
     cpu = ur.lasso(D, Y, 0.1, method, tol=1e-10, max_iter=100_000)
-    gpu = ur.lasso(torch.tensor(D, device="cuda"), torch.tensor(Y, device="cuda"), 0.1, method, tol=1e-10,
-                   max_iter=100_000)
+    gpu = ur.lasso(
+        torch.tensor(D, device="cuda"), torch.tensor(Y, device="cuda"), 0.1, method, tol=1e-10, max_iter=100_000
+    )
     np.testing.assert_allclose(gpu.x.cpu().numpy(), cpu.x, atol=1e-6)
 
 
@@ -39,8 +42,15 @@ def test_nets_train_and_run_on_cuda(tmp_path):
         gpu_out = net(torch.tensor(Y[:50], device="cuda"))
         torch.testing.assert_close(gpu_out.cpu(), cpu_out, rtol=1e-9, atol=1e-9)
         loss = "unsupervised" if isinstance(net.problem, ur.Lasso) else "supervised"
-        hist = ur.train(net, Y[100:], X[100:] if loss == "supervised" else None, loss=loss, epochs=2,
-                        progress=False, checkpoint=tmp_path / f"{type(net).__name__}.ckpt")
+        hist = ur.train(
+            net,
+            Y[100:],
+            X[100:] if loss == "supervised" else None,
+            loss=loss,
+            epochs=2,
+            progress=False,
+            checkpoint=tmp_path / f"{type(net).__name__}.ckpt",
+        )
         assert np.isfinite(hist.train_loss).all()
         net.save(tmp_path / "m.safetensors")
         back = ur.load(tmp_path / "m.safetensors", map_location="cuda")

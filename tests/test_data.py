@@ -1,4 +1,5 @@
 """unrolled.data returns one kind: NumPy float64 arrays (labels int64), never torch tensors."""
+
 import inspect
 
 import numpy as np
@@ -32,8 +33,9 @@ CALLS = {
     "bernoulli_gaussian": lambda tmp: lasso.bernoulli_gaussian(3, 7, 0.5, seed=1),
     "sparse_measurements": lambda tmp: lasso.sparse_measurements(D_SMALL, 3, snr_db=30.0, seed=1),
     "mlsc_dictionaries": lambda tmp: mlsc.mlsc_dictionaries(10, 14, 12, seed=1),
-    "mlsc_signals": lambda tmp: tuple(mlsc.mlsc_signals(*mlsc.mlsc_dictionaries(10, 14, 12, seed=1), 3, s1=8, s2=8,
-                                                        seed=1)),
+    "mlsc_signals": lambda tmp: tuple(
+        mlsc.mlsc_signals(*mlsc.mlsc_dictionaries(10, 14, 12, seed=1), 3, s1=8, s2=8, seed=1)
+    ),
     "load_idx_images": lambda tmp: images.load_idx_images(*_idx_files(tmp))[:2],
     "load_digits": lambda tmp: images.load_digits(),
     "digits_lasso_data": lambda tmp: images.digits_lasso_data(20, 10, 5, seed=1),

@@ -1,4 +1,5 @@
 """Training defaults per family (unrolled.defaults) and train()'s hook that applies them."""
+
 import numpy as np
 import pytest
 import torch
@@ -16,8 +17,17 @@ def _sphere(m, n, seed):
 
 def test_every_public_net_has_a_recipe():
     A = torch.rand(6, 10, dtype=torch.float64)
-    for net in (LPGD(A, 2), LAPGD(A, 2), Vanilla(A, 2), UPGDM(A, 2), LOGD(A, 2), LISTA(A, 2), LISTA_CP(A, 2),
-                ALISTA(A, 2), SLISTA(A, 2)):
+    for net in (
+        LPGD(A, 2),
+        LAPGD(A, 2),
+        Vanilla(A, 2),
+        UPGDM(A, 2),
+        LOGD(A, 2),
+        LISTA(A, 2),
+        LISTA_CP(A, 2),
+        ALISTA(A, 2),
+        SLISTA(A, 2),
+    ):
         assert recipe_for(net) is not GENERIC, type(net).__name__
     assert recipe_for(LISTA_CP(A, 2)) is FAMILIES["LISTAFamily"]
 
@@ -31,8 +41,9 @@ def test_groups_found_by_name():
     assert all(names[id(p)].startswith("W.") for p in groups[1]["params"])
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
     # a net without matrices has one group, a net without named scalars one group at factor 1
-    assert [g["lr"] for g in parameter_groups(SLISTA(_sphere(6, 10, 0), 3), recipe_for(SLISTA(_sphere(6, 10, 0), 3)))] \
-        == [10.0]
+    assert [
+        g["lr"] for g in parameter_groups(SLISTA(_sphere(6, 10, 0), 3), recipe_for(SLISTA(_sphere(6, 10, 0), 3)))
+    ] == [10.0]
     assert [g["lr"] for g in parameter_groups(LPGD(torch.rand(4, 6), 2), GENERIC)] == [1.0]
 
 
@@ -66,16 +77,20 @@ def test_bad_clip_is_refused():
 
 # -- default training beats the classical solver at the same depth (settings of our own) -----------
 
+
 def test_default_slista_beats_fista_at_same_depth():
     from unrolled.metrics import lasso_optimum
+
     torch.manual_seed(0)
     D, lam, depth = _sphere(20, 40, 3), 0.2, 5
     g = torch.Generator().manual_seed(4)
 
     def signals(N):
-        Z = (torch.rand(N, 40, generator=g, dtype=torch.float64) < 0.1) * torch.randn(N, 40, generator=g,
-                                                                                      dtype=torch.float64)
+        Z = (torch.rand(N, 40, generator=g, dtype=torch.float64) < 0.1) * torch.randn(
+            N, 40, generator=g, dtype=torch.float64
+        )
         return Z @ D.T + 0.05 * torch.randn(N, 20, generator=g, dtype=torch.float64)
+
     Y, Yt = signals(500), signals(300)
     net = SLISTA(D.float(), depth, lam)
     ur.train(net, Y.float(), loss="unsupervised", progress=False)
@@ -91,6 +106,7 @@ def test_default_slista_beats_fista_at_same_depth():
 def test_default_lapgd_beats_apgd_at_same_depth():
     from unrolled.data.generators import sparse_nonnegative
     from unrolled.experiments.xie2019 import classical_errors, recovery_error
+
     torch.manual_seed(0)
     A = np.abs(np.random.default_rng(8).standard_normal((12, 24)))
     _, Y, X = sparse_nonnegative(2000, A=A, sparsities=(1, 2, 3), high=10.0, seed=1)

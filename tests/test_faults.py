@@ -1,6 +1,7 @@
 """Faults as users meet them: kill -9 anywhere in `unrolled train` (inside a checkpoint write too),
 Ctrl-C, a full disk, a changed config; and a catalogue of bad inputs, each refused in one line
 naming the culprit, with exit 2 for a user error and 1 for a failure."""
+
 import errno
 import json
 import os
@@ -99,8 +100,14 @@ def test_kill_9_anywhere_then_rerun_gives_the_uninterrupted_weights(tmp_path, re
     at = random.Random(f"{where}-7").randint(lo, hi)  # 4 epochs of 4 steps, one checkpoint per epoch
     config, out = _config(tmp_path), tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(ur.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    child = subprocess.run([sys.executable, "-c", CHILD, where, str(at), "train", str(config), "--out", str(out),
-                            "--quiet"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, where, str(at), "train", str(config), "--out", str(out), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert child.returncode == -9, child.stderr
     assert not (out / "model.safetensors").exists()
     if where != "step":
@@ -131,6 +138,7 @@ def test_ctrl_c_exits_130_and_the_rerun_resumes(tmp_path, reference, monkeypatch
 
 def test_full_disk_keeps_the_last_checkpoint_and_says_so(tmp_path, reference, monkeypatch, capsys):
     import safetensors.torch
+
     config, out = _config(tmp_path), tmp_path / "run"
     orig, calls = safetensors.torch.save_file, {"n": 0}
 
@@ -152,8 +160,9 @@ def test_full_disk_keeps_the_last_checkpoint_and_says_so(tmp_path, reference, mo
     _same(_weights(out), reference)
 
 
-@pytest.mark.parametrize("change, says", [({"n_train": 250}, "config.data.n_train: 200 -> 250"),
-                                          ({"seed": 1}, "config.seed: 0 -> 1")])
+@pytest.mark.parametrize(
+    "change, says", [({"n_train": 250}, "config.data.n_train: 200 -> 250"), ({"seed": 1}, "config.seed: 0 -> 1")]
+)
 def test_a_changed_config_refuses_to_resume(tmp_path, reference, capsys, change, says):
     out = tmp_path / "run"
     assert _train(_config(tmp_path), out) == 0
@@ -178,10 +187,12 @@ def test_training_without_validation(tmp_path):
 
 # -- the bad-input catalogue -------------------------------------------------------------------
 
+
 def _tampered(src: Path, dst: Path, edit, *, recompute: bool) -> Path:
     """Copy a model file with its metadata edited; the digest recomputed (a deliberate tamper) or kept."""
     from safetensors import safe_open
     from safetensors.torch import save_file
+
     with safe_open(str(src), framework="pt") as fh:
         header, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is no dict
     header["meta"] = edit(header["meta"])
@@ -268,19 +279,27 @@ def test_bad_out_folder_is_one_line(tmp_path, files, capsys, monkeypatch):
 SOLVE_CASES = {  # argv (with {d} the folder of files) -> (exit status, what the line must name)
     "complex-model": (["--model", "{d}/model.safetensors", "--input", "{d}/Yc.npy"], 2, "complex"),
     "complex-method": (["--method", "apgd", "--operator", "{d}/A.npy", "--input", "{d}/Yc.npy"], 2, "complex"),
-    "lam-for-nnls": (["--method", "pgd", "--lam", "0.1", "--operator", "{d}/A.npy", "--input", "{d}/Y.npy"], 2,
-                     "--lam is for Lasso methods"),
+    "lam-for-nnls": (
+        ["--method", "pgd", "--lam", "0.1", "--operator", "{d}/A.npy", "--input", "{d}/Y.npy"],
+        2,
+        "--lam is for Lasso methods",
+    ),
     "edited": (["--model", "{d}/edited.safetensors", "--input", "{d}/Y.npy"], 2, "digest mismatch"),
     "deep": (["--model", "{d}/deep.safetensors", "--input", "{d}/Y.npy"], 2, "depth must be an integer in"),
-    "no-config": (["--model", "{d}/noconfig.safetensors", "--input", "{d}/Y.npy"], 2,
-                  "noconfig.safetensors: metadata has no 'config'"),
-    "garbage-meta": (["--model", "{d}/garbage.safetensors", "--input", "{d}/Y.npy"], 2,
-                     "garbage.safetensors: its metadata is not valid JSON"),
+    "no-config": (
+        ["--model", "{d}/noconfig.safetensors", "--input", "{d}/Y.npy"],
+        2,
+        "noconfig.safetensors: metadata has no 'config'",
+    ),
+    "garbage-meta": (
+        ["--model", "{d}/garbage.safetensors", "--input", "{d}/Y.npy"],
+        2,
+        "garbage.safetensors: its metadata is not valid JSON",
+    ),
     "no-model": (["--model", "{d}/none.safetensors", "--input", "{d}/Y.npy"], 2, "none.safetensors"),
     "method": (["--method", "magic", "--operator", "{d}/A.npy", "--input", "{d}/Y.npy"], 2, "'magic' unknown"),
     "chunk": (["--method", "pgd", "--operator", "{d}/A.npy", "--input", "{d}/Y.npy", "--chunk", "0"], 2, "--chunk"),
-    "threads": (["--method", "pgd", "--operator", "{d}/A.npy", "--input", "{d}/Y.npy", "--threads", "0"], 2,
-                "threads"),
+    "threads": (["--method", "pgd", "--operator", "{d}/A.npy", "--input", "{d}/Y.npy", "--threads", "0"], 2, "threads"),
 }
 
 
@@ -294,8 +313,12 @@ def test_bad_solve_input_is_one_line(files, capsys, case):
 
 
 def test_api_refuses_edited_and_tampered_files(files):
-    for name, says in (("edited", "digest mismatch"), ("deep", "depth"), ("garbage", "not valid JSON"),
-                       ("noconfig", "no 'config'")):
+    for name, says in (
+        ("edited", "digest mismatch"),
+        ("deep", "depth"),
+        ("garbage", "not valid JSON"),
+        ("noconfig", "no 'config'"),
+    ):
         with pytest.raises(ValueError, match=says) as info:
             ur.load(files / f"{name}.safetensors")
         assert f"{name}.safetensors" in str(info.value)
@@ -305,6 +328,7 @@ def test_file_written_before_the_metadata_digest_still_loads(files, tmp_path):
     """An old-form file: digest over the tensors only, no 'covers' in the header."""
     from safetensors import safe_open
     from safetensors.torch import save_file
+
     with safe_open(str(files / "model.safetensors"), framework="pt") as fh:
         header, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is no dict
     old = {"meta": header["meta"], "digest": _digest(tensors)}
@@ -314,7 +338,22 @@ def test_file_written_before_the_metadata_digest_still_loads(files, tmp_path):
 
 
 def test_solve_output_names_the_file_it_wrote(files, tmp_path, capsys):
-    assert main(["solve", "--method", "apgd", "--operator", str(files / "A.npy"), "--input", str(files / "Y.npy"),
-                 "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "solve",
+                "--method",
+                "apgd",
+                "--operator",
+                str(files / "A.npy"),
+                "--input",
+                str(files / "Y.npy"),
+                "--output",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     info = json.loads(capsys.readouterr().out)
     assert info["output"] == str(tmp_path / "out.npy") and (tmp_path / "out.npy").is_file()

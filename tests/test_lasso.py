@@ -3,6 +3,7 @@
 min_z ½‖Dz − y‖² + λ‖z‖₁. scikit-learn's ``Lasso`` minimises (1/(2m))‖y − Dw‖² + α‖w‖₁,
 the same problem with α = λ/m.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,12 @@ from unrolled.operators import DenseOperator
 from unrolled.problems import Lasso
 
 SHAPES = {"tall": (30, 15), "square": (20, 20), "wide": (15, 30)}
-METHODS = {"ista": ("ista", {}), "fista": ("fista", {}), "fista-restart": ("fista", {"restart": True}),
-           "oista": ("oista", {})}
+METHODS = {
+    "ista": ("ista", {}),
+    "fista": ("fista", {}),
+    "fista-restart": ("fista", {"restart": True}),
+    "oista": ("oista", {}),
+}
 
 
 def _objective(D, Y, Z, lam):
@@ -27,8 +32,9 @@ def _problem(m, n, batch=3, seed=0, frac=0.2):
     D = rng.standard_normal((m, n))
     Y = rng.standard_normal((batch, m))
     lam = frac * np.abs(Y @ D).max(1).min()
-    Z = np.stack([SkLasso(alpha=lam / m, fit_intercept=False, tol=1e-14, max_iter=1_000_000).fit(D, y).coef_
-                  for y in Y])
+    Z = np.stack(
+        [SkLasso(alpha=lam / m, fit_intercept=False, tol=1e-14, max_iter=1_000_000).fit(D, y).coef_ for y in Y]
+    )
     return D, Y, lam, Z, _objective(D, Y, Z, lam)
 
 
@@ -98,7 +104,7 @@ def test_fista_rate_bound():
         L = DenseOperator(D).lipschitz
         res = ur.lasso(D, Y, lam, "fista", tol=0, max_iter=400, check_every=1, history="full")
         k = res.history["iteration"][1:, None]
-        bound = 2 * L * (Zs ** 2).sum(1) / (k + 1) ** 2
+        bound = 2 * L * (Zs**2).sum(1) / (k + 1) ** 2
         gap = res.history["objective"][1:] - Fs
         assert (gap <= bound + 1e-10 * Fs).all()
         assert (gap[-1] <= 1e-3 * Fs).all()  # and it does converge
@@ -127,8 +133,10 @@ def test_oista_fewer_iterations_than_ista(capsys):
         n[name] = res.n_iter
     ratio = n["oista"].mean() / n["ista"].mean()
     with capsys.disabled():
-        print(f"\nOISTA/ISTA mean iterations (64x256, lambda=0.1, rel. gap 1e-4): "
-              f"{n['oista'].mean():.0f}/{n['ista'].mean():.0f} = {ratio:.2f}")
+        print(
+            f"\nOISTA/ISTA mean iterations (64x256, lambda=0.1, rel. gap 1e-4): "
+            f"{n['oista'].mean():.0f}/{n['ista'].mean():.0f} = {ratio:.2f}"
+        )
     assert ratio < 1.0
     assert (n["oista"] <= n["ista"]).all()
 

@@ -1,5 +1,6 @@
 """The LISTA family (nets/lista.py), its training schedules (staged.py), data (data/lasso.py,
 data/images.py) and metrics (metrics.py)."""
+
 import gzip
 import math
 
@@ -8,13 +9,18 @@ import pytest
 import torch
 
 import unrolled as ur
+from unrolled.algorithms._common import soft_threshold
 from unrolled.algorithms.lasso import ISTA
 from unrolled.data.images import digits_lasso_data, load_digits, load_idx_images, read_idx, write_idx
-from unrolled.data.lasso import (bernoulli_gaussian, equiregularization, gaussian_dictionary, sparse_measurements,
-                                 sphere_dictionary)
+from unrolled.data.lasso import (
+    bernoulli_gaussian,
+    equiregularization,
+    gaussian_dictionary,
+    sparse_measurements,
+    sphere_dictionary,
+)
 from unrolled.metrics import jaccard, lasso_optimum, nmse_db, objective_gap, recovery_error, support_f1
 from unrolled.nets import ALISTA, LISTA, LISTA_CP, SLISTA, LISTAFamily, load
-from unrolled.algorithms._common import soft_threshold
 from unrolled.nets.lista import alista_gain, alista_objective
 from unrolled.operators import DenseOperator
 from unrolled.problems import Lasso
@@ -41,7 +47,7 @@ def ista_iterates(D, Y, lam, k, nonneg=False):
         return out
     L = float(torch.linalg.matrix_norm(D, ord=2)) ** 2
     z, out = torch.zeros(Y.shape[0], D.shape[1], dtype=D.dtype), []
-    for _ in range(k):       # prox of λ‖·‖₁ + ι≥0: (u − λ/L)₊
+    for _ in range(k):  # prox of λ‖·‖₁ + ι≥0: (u − λ/L)₊
         z = torch.relu(z - (z @ D.T - Y) @ D / L - lam / L)
         out.append(z)
     return out
@@ -49,8 +55,15 @@ def ista_iterates(D, Y, lam, k, nonneg=False):
 
 # -- nets -------------------------------------------------------------------------------------
 
-NETS = [(LISTA, {}), (LISTA_CP, {}), (SLISTA, {}), (ALISTA, {"gain": "dictionary"}), (LISTA, {"tied": True}),
-        (LISTA_CP, {"tied": True}), (LISTAFamily, {"parametrization": "coupled"})]
+NETS = [
+    (LISTA, {}),
+    (LISTA_CP, {}),
+    (SLISTA, {}),
+    (ALISTA, {"gain": "dictionary"}),
+    (LISTA, {"tied": True}),
+    (LISTA_CP, {"tied": True}),
+    (LISTAFamily, {"parametrization": "coupled"}),
+]
 
 
 @pytest.mark.parametrize("cls,kw", NETS)
@@ -64,7 +77,7 @@ def test_analytic_init_is_ista_iterate_for_iterate(small, cls, kw, nonneg):
     ref = ista_iterates(D, Y, lam, K, nonneg=nonneg)
     for t, (a, b) in enumerate(zip(outs, ref)):
         assert torch.allclose(a, b, atol=1e-10, rtol=0), f"layer {t + 1}"
-    assert outs[-1].abs().sum() > 0       # not trivially zero
+    assert outs[-1].abs().sum() > 0  # not trivially zero
     if nonneg:
         assert (outs[-1] >= 0).all()
 
@@ -94,11 +107,11 @@ def test_alista_gain_minimises_the_coherence_objective():
     Wc = G @ D / (D * (G @ D)).sum(0, keepdim=True)
     assert torch.allclose(W, Wc, atol=1e-6)
     f = alista_objective(W, D)
-    assert f <= alista_objective(D / D.pow(2).sum(0), D)      # beats the feasible start
+    assert f <= alista_objective(D / D.pow(2).sum(0), D)  # beats the feasible start
     gen = torch.Generator().manual_seed(0)
-    for _ in range(5):                                         # and every feasible perturbation
+    for _ in range(5):  # and every feasible perturbation
         P = torch.randn(W.shape, generator=gen, dtype=D.dtype) * 1e-3
-        P -= (P * D).sum(0, keepdim=True) * D / D.pow(2).sum(0, keepdim=True)   # stay on the constraint
+        P -= (P * D).sum(0, keepdim=True) * D / D.pow(2).sum(0, keepdim=True)  # stay on the constraint
         assert alista_objective(W + P, D) >= f - 1e-12
     # lower generalised coherence than D itself (what ALISTA is for)
     C = (W.T @ D).abs()
@@ -118,13 +131,14 @@ def test_soft_threshold_and_support_selection():
     V = torch.randn(50, 7, dtype=torch.float64)
     assert torch.equal(soft_threshold(V, 0.3), soft_threshold(V, torch.tensor(0.3, dtype=torch.float64)))
     out = soft_threshold(V, 0.0)
-    assert torch.equal(out, V) and out is not V          # a copy, which a prox may overwrite
+    assert torch.equal(out, V) and out is not V  # a copy, which a prox may overwrite
 
 
 def test_fista_momentum_floats_tensors_and_restart():
     from unrolled.algorithms._common import extrapolate, fista_momentum, restart_test
+
     t_f, b_f = fista_momentum(1.0)
-    assert t_f == (1 + 5 ** 0.5) / 2 and b_f == 0.0
+    assert t_f == (1 + 5**0.5) / 2 and b_f == 0.0
     t_f2, b_f2 = fista_momentum(t_f)
     t = torch.tensor([[t_f], [t_f]], dtype=torch.float64)
     restart = torch.tensor([[False], [True]])
@@ -176,8 +190,16 @@ def test_bad_arguments(small):
         LISTA_CP(D, 2, 0.1)(torch.zeros(3, 7, dtype=D.dtype))
 
 
-@pytest.mark.parametrize("cls,kw", [(LISTA, {"tied": True}), (LISTA_CP, {"support_selection": True}), (ALISTA, {}),
-                                    (SLISTA, {"nonneg": True}), (LISTAFamily, {"parametrization": "full"})])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (LISTA, {"tied": True}),
+        (LISTA_CP, {"support_selection": True}),
+        (ALISTA, {}),
+        (SLISTA, {"nonneg": True}),
+        (LISTAFamily, {"parametrization": "full"}),
+    ],
+)
 def test_save_load_roundtrip(tmp_path, small, cls, kw):
     D, Y = small
     net = cls(D, 3, 0.3, **kw)
@@ -192,6 +214,7 @@ def test_save_load_roundtrip(tmp_path, small, cls, kw):
 
 
 # -- training modes ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_task():
@@ -210,7 +233,7 @@ def test_unsupervised_training_lowers_the_lasso_objective(tiny_task):
     with torch.no_grad():
         after = float(net.problem.objective(net(Y), Y).mean())
     assert after < before - 1e-3 and h.best_loss <= h.train_loss[0]
-    assert float(net.steps().mean() * net.op.lipschitz) > 1.0      # steps grew beyond 1/L
+    assert float(net.steps().mean() * net.op.lipschitz) > 1.0  # steps grew beyond 1/L
 
 
 def test_supervised_training_lowers_nmse(tiny_task):
@@ -231,9 +254,10 @@ def test_semi_supervised_targets_are_lasso_solutions(tiny_task):
     D64, Y64 = D.double(), Y.double()[:20]
     Zs, Fs = lasso_optimum(Lasso(DenseOperator(D64), lam), Y64)
     m = D.shape[0]
-    for i in range(5):   # scikit-learn: (1/2m)‖y − Dz‖² + α‖z‖₁, so α = λ/m
-        sk = sklearn.Lasso(alpha=lam / m, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(D64.numpy(),
-                                                                                             Y64[i].numpy())
+    for i in range(5):  # scikit-learn: (1/2m)‖y − Dz‖² + α‖z‖₁, so α = λ/m
+        sk = sklearn.Lasso(alpha=lam / m, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(
+            D64.numpy(), Y64[i].numpy()
+        )
         assert np.allclose(Zs[i].numpy(), sk.coef_, atol=1e-5)
     net = LISTA_CP(D, 3, lam)
     with torch.no_grad():
@@ -248,11 +272,18 @@ def test_layerwise_training_is_nested(tiny_task):
     D, Y, _ = tiny_task
     net = LISTA_CP(D, 3, 0.1)
     snaps = []
-    recs = train_layerwise(net, Y, loss="unsupervised", epochs_new=3, lr=0.01, batch_size=100,
-                           on_stage=lambda k, n: [p.detach().clone() for p in n.layer_parameters(0)])
+    recs = train_layerwise(
+        net,
+        Y,
+        loss="unsupervised",
+        epochs_new=3,
+        lr=0.01,
+        batch_size=100,
+        on_stage=lambda k, n: [p.detach().clone() for p in n.layer_parameters(0)],
+    )
     snaps = [r["result"] for r in recs]
     assert [r["depth"] for r in recs] == [1, 2, 3]
-    for a, b in zip(snaps[0], snaps[2]):      # layer 1 untouched after stage 1
+    for a, b in zip(snaps[0], snaps[2]):  # layer 1 untouched after stage 1
         assert torch.equal(a, b)
     assert not torch.equal(snaps[0][0], torch.zeros(()))
 
@@ -261,8 +292,9 @@ def test_staged_schedule_refines_all_layers(tiny_task):
     D, Y, Z = tiny_task
     net = LISTA_CP(D, 3, 0.05)
     first = [p.detach().clone() for p in net.layer_parameters(0)]
-    recs = train_staged(net, Y, Z, loss="supervised", stages=[1, 3], epochs_new=2, epochs_all=(1, 1), lr=0.01,
-                        batch_size=100)
+    recs = train_staged(
+        net, Y, Z, loss="supervised", stages=[1, 3], epochs_new=2, epochs_all=(1, 1), lr=0.01, batch_size=100
+    )
     assert [r["depth"] for r in recs] == [1, 3] and len(recs[1]["histories"]) == 3
     assert any(not torch.equal(a, b) for a, b in zip(first, net.layer_parameters(0)))
     with pytest.raises(ValueError, match="stages"):
@@ -272,6 +304,7 @@ def test_staged_schedule_refines_all_layers(tiny_task):
 
 
 # -- data ------------------------------------------------------------------------------------------------
+
 
 def test_generators():
     D = torch.as_tensor(sphere_dictionary(64, 256, seed=0))
@@ -334,6 +367,7 @@ def test_idx_reader(tmp_path):
 
 # -- metrics ---------------------------------------------------------------------------------------------
 
+
 def test_metrics_closed_forms():
     X = np.array([[1.0, 0.0, 2.0, 0.0], [0.0, 3.0, 0.0, 0.0]])
     Xh = np.array([[1.0, 0.5, 0.0, 0.0], [0.0, 3.0, 0.0, 1.0]])
@@ -357,8 +391,14 @@ def test_objective_gap_against_sklearn():
     prob = Lasso(DenseOperator(D), lam)
     gaps0 = objective_gap(prob, torch.zeros(4, 30, dtype=D.dtype), Y)
     assert (gaps0 > 0).all()
-    Zsk = np.stack([sklearn.Lasso(alpha=lam / 15, fit_intercept=False, tol=1e-12, max_iter=100_000)
-                    .fit(D.numpy(), Y[i].numpy()).coef_ for i in range(4)])
+    Zsk = np.stack(
+        [
+            sklearn.Lasso(alpha=lam / 15, fit_intercept=False, tol=1e-12, max_iter=100_000)
+            .fit(D.numpy(), Y[i].numpy())
+            .coef_
+            for i in range(4)
+        ]
+    )
     g = objective_gap(prob, Zsk, Y.numpy())
     assert isinstance(g, np.ndarray) and np.all(np.abs(g) < 1e-8)
 
@@ -397,7 +437,7 @@ def test_nets_on_a_convolution_are_ista_without_densifying(conv, cls, kw, on_lea
     lam, K = 0.05, 8
     op = learned(D) if on_learned else D
     net = cls(op, K, lam, **kw)
-    assert not any(t.shape == (D.m, D.n) for t in net.state_dict().values())   # no dense copy of D anywhere
+    assert not any(t.shape == (D.m, D.n) for t in net.state_dict().values())  # no dense copy of D anywhere
     with torch.no_grad():
         outs = net(Y, return_all=True)
     ref = ista_on(D, Y, lam, K)
@@ -488,7 +528,7 @@ def test_problem_follows_the_net_and_is_a_constructor_argument(small):
     assert net.problem.op is net.op and net.problem.lam == 0.2 and net.problem.op.dtype == torch.float32
     D_copy = D.float().clone()
     net2 = LISTA_CP(D_copy, 3, 0.2)
-    D_copy.mul_(2.0)          # the caller's tensor changes: the net keeps its own copy
+    D_copy.mul_(2.0)  # the caller's tensor changes: the net keeps its own copy
     assert torch.equal(net2.problem.op.matrix(), D.float())
     net.double()
     assert net.problem.op is net.op and net.op.dtype == torch.float64 and net.problem.lam == 0.2

@@ -1,4 +1,5 @@
 """Multi-layer basis pursuit (sulam2018): ML-ISTA, ML-FISTA, ADMM, layered BP, ML-SC signals."""
+
 import numpy as np
 import pytest
 import torch
@@ -29,6 +30,7 @@ def ops(*Ds):
 @pytest.mark.parametrize("method", ["ml-ista", "ml-fista", "admm"])
 def test_lambda1_zero_is_lasso_on_product(method):
     from sklearn.linear_model import Lasso as SkLasso
+
     D1, D2, Y = small()
     lam = 0.05
     A = D1 @ D2
@@ -91,9 +93,9 @@ def test_admm_reaches_optimum_and_ml_ista_is_within_its_duality_gap():
     F_fis = prob.objective(torch.as_tensor(fis.x), Yt).numpy()
     bound = prob.duality_gap(torch.as_tensor(fis.x), Yt).numpy()
     diff = F_fis - F_adm
-    assert (diff >= -1e-9 * F_adm).all()          # ADMM is (certified) optimal
-    assert (diff <= bound + 1e-12).all()           # F(fp) − F* ≤ gap(fp)
-    assert (diff / F_adm < 0.05).all()             # small: a few % at the largest μ = 1/‖D1‖²
+    assert (diff >= -1e-9 * F_adm).all()  # ADMM is (certified) optimal
+    assert (diff <= bound + 1e-12).all()  # F(fp) − F* ≤ gap(fp)
+    assert (diff / F_adm < 0.05).all()  # small: a few % at the largest μ = 1/‖D1‖²
     # the dual point is an exact certificate: ADMM's gap is ≤ tol and ≥ 0
     assert (adm.certificate <= 1e-11).all()
 
@@ -103,8 +105,9 @@ def test_ml_ista_bias_shrinks_linearly_with_mu():
     lams = [0.05, 0.05]
     prob = MLBP(ops(D1, D2), lams)
     Yt = torch.as_tensor(Y)
-    F_star = prob.objective(torch.as_tensor(
-        ur.ml_bp([D1, D2], Y, lams, method="admm", tol=1e-12, max_iter=20_000).x), Yt).sum()
+    F_star = prob.objective(
+        torch.as_tensor(ur.ml_bp([D1, D2], Y, lams, method="admm", tol=1e-12, max_iter=20_000).x), Yt
+    ).sum()
     gaps = []
     for scale in (1.0, 0.5, 0.25):
         r = ur.ml_bp([D1, D2], Y, lams, method="ml-fista", tol=1e-11, max_iter=200_000, mu_scale=scale)
@@ -123,8 +126,7 @@ def test_sulam_synthetic_ml_fista_faster_than_ml_ista():
     F_fp = ref.objective
     its = {}
     for m in ("ml-ista", "ml-fista"):
-        r = ur.ml_bp([D1, D2], s.y, lams, method=m, tol=1e-12, max_iter=5000, check_every=1,
-                     history="full")
+        r = ur.ml_bp([D1, D2], s.y, lams, method=m, tol=1e-12, max_iter=5000, check_every=1, history="full")
         gap = (r.history["objective"] - F_fp) / F_fp
         reached = (gap <= 1e-6).all(1)
         assert reached.any(), m
@@ -185,8 +187,9 @@ def test_kinds_vector_and_float32():
     assert isinstance(r.objective, float) and r.history["objective_mean"].ndim == 1
     rt = ur.ml_bp([torch.as_tensor(D1), torch.as_tensor(D2)], torch.as_tensor(Y), [0.05, 0.05], tol=1e-8)
     assert isinstance(rt.x, torch.Tensor) and rt.x.shape == (Y.shape[0], D2.shape[1])
-    r32 = ur.ml_bp([D1.astype(np.float32), D2.astype(np.float32)], Y.astype(np.float32), [0.05, 0.05],
-                   tol=1e-5, max_iter=20_000)
+    r32 = ur.ml_bp(
+        [D1.astype(np.float32), D2.astype(np.float32)], Y.astype(np.float32), [0.05, 0.05], tol=1e-5, max_iter=20_000
+    )
     assert r32.x.dtype == np.float32 and r32.converged.all()
     r64 = ur.ml_bp([D1, D2], Y, [0.05, 0.05], tol=1e-10, max_iter=20_000)
     np.testing.assert_allclose(r32.x, r64.x, atol=2e-4)
@@ -244,7 +247,7 @@ def test_mlsc_signals_have_exact_sparsities_and_snr():
     # generic: no tiny non-zeros
     nz1 = np.abs(s.gamma1[s.gamma1 != 0])
     assert nz1.min() > 1e-6 * nz1.max()
-    snr = 10 * np.log10((s.x ** 2).sum() / ((s.y - s.x) ** 2).sum())
+    snr = 10 * np.log10((s.x**2).sum() / ((s.y - s.x) ** 2).sum())
     assert abs(snr - 10) < 0.3
     clean = mlsc_signals(D1, D2, 3, snr_db=None, seed=1)
     np.testing.assert_array_equal(clean.y, clean.x)
@@ -259,10 +262,11 @@ def test_mlsc_signals_have_exact_sparsities_and_snr():
 @pytest.mark.slow
 def test_sulam_synthetic_quick_reproduction(tmp_path):
     from unrolled.experiments import reproduce
+
     r = reproduce("sulam-synthetic", quick=True, out=tmp_path, seed=0)
     assert (tmp_path / "results.json").exists() and (tmp_path / "fig2_convergence.png").exists()
     s = r["summary"]
-    assert s["best_mlbp"]["err_g2"] < s["best_bp"]["err_g2"]      # ML-BP lowers the error (Fig. 1)
+    assert s["best_mlbp"]["err_g2"] < s["best_bp"]["err_g2"]  # ML-BP lowers the error (Fig. 1)
     m = r["figure2"]["methods"]
     assert m["ML-FISTA"]["ms_1e-01"] < m["ML-ISTA"]["ms_1e-01"] < m["ADMM (inner FISTA)"]["ms_1e-01"]
 
@@ -272,7 +276,13 @@ def test_cuda_matches_cpu():
     D1, D2, Y = small(10)
     for m in METHODS:
         cpu = ur.ml_bp([D1, D2], torch.as_tensor(Y), [0.05, 0.05], m, tol=1e-9, max_iter=50_000)
-        gpu = ur.ml_bp([torch.as_tensor(D1).cuda(), torch.as_tensor(D2).cuda()], torch.as_tensor(Y).cuda(),
-                       [0.05, 0.05], m, tol=1e-9, max_iter=50_000)
+        gpu = ur.ml_bp(
+            [torch.as_tensor(D1).cuda(), torch.as_tensor(D2).cuda()],
+            torch.as_tensor(Y).cuda(),
+            [0.05, 0.05],
+            m,
+            tol=1e-9,
+            max_iter=50_000,
+        )
         assert gpu.x.is_cuda, m
         torch.testing.assert_close(gpu.x.cpu(), cpu.x, rtol=0, atol=1e-6)

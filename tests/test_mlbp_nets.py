@@ -1,5 +1,6 @@
 """Multi-layer sparse coding nets (nets/mlbp.py): the feed-forward pass, shared parameters, the
 analytic nets against the ML-BP solvers, save/load, and a fit."""
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,7 @@ CLASSES = (MLISTANet, MLFISTANet, LayeredBPNet)
 
 def dense_case(seed=0, sizes=(30, 25, 20), batch=4, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    Ds = [torch.randn(a, b, generator=g, dtype=dtype) / a ** 0.5 for a, b in zip(sizes[:-1], sizes[1:])]
+    Ds = [torch.randn(a, b, generator=g, dtype=dtype) / a**0.5 for a, b in zip(sizes[:-1], sizes[1:])]
     return Ds, torch.randn(batch, sizes[0], generator=g, dtype=dtype)
 
 
@@ -71,7 +72,7 @@ def test_every_depth_has_the_same_parameters(cls):
     counts = {d: sum(p.numel() for p in cls(Ds, d, [0.1, 0.1]).parameters()) for d in (1, 2, 7)}
     assert len(set(counts.values())) == 1
     W1, W2 = Ds
-    assert counts[1] == W1.numel() + W2.numel() + 2 + W1.shape[1] + W2.shape[1]   # D_i, η_i, b_i per atom
+    assert counts[1] == W1.numel() + W2.numel() + 2 + W1.shape[1] + W2.shape[1]  # D_i, η_i, b_i per atom
     deep, shallow = cls(Ds, 7, [0.1, 0.1]), cls(Ds, 2, [0.1, 0.1])
     shallow.load_state_dict(deep.state_dict())
     with torch.no_grad():
@@ -81,8 +82,10 @@ def test_every_depth_has_the_same_parameters(cls):
 
 
 def _solver_iterates(Ds, Y, lams, method, depth, **options):
-    return [torch.as_tensor(ur.ml_bp(Ds, Y, lams, method=method, tol=0.0, max_iter=k, **options).x)
-            for k in range(1, depth + 1)]
+    return [
+        torch.as_tensor(ur.ml_bp(Ds, Y, lams, method=method, tol=0.0, max_iter=k, **options).x)
+        for k in range(1, depth + 1)
+    ]
 
 
 @pytest.mark.parametrize("cls,method", [(MLISTANet, "ml-ista"), (MLFISTANet, "ml-fista")])
@@ -187,6 +190,7 @@ def _cascade_iterates(Ds, Y, lams, depth, momentum):
     from unrolled.algorithms.mlbp import LayeredBP
     from unrolled.operators import as_operator
     from unrolled.problems import MLBP
+
     method = LayeredBP(MLBP([as_operator(D) for D in Ds], lams), momentum=momentum)
     state, out = method.init(Y, None), []
     for k in range(1, depth + 1):
@@ -206,7 +210,7 @@ def test_rho_zero_is_the_layer_wise_cascade(cls, momentum, case):
         Ds, Y = conv_case()[:2]
         Y, lams = Y.reshape(Y.shape[0], -1), [0.02, 0.05]
     net = cls(Ds, 7, lams, rho=0.0)
-    net.biases.load_state_dict(LayeredBPNet(Ds, 1, lams).biases.state_dict())   # thresholds λ_i/‖D_i‖²
+    net.biases.load_state_dict(LayeredBPNet(Ds, 1, lams).biases.state_dict())  # thresholds λ_i/‖D_i‖²
     with torch.no_grad():
         outs = net(Y, return_all=True)
         for out, ref in zip(outs, _cascade_iterates(Ds, Y, lams, 7, momentum)):
@@ -245,12 +249,12 @@ def test_untied_nets_have_steps_and_biases_per_pass(cls):
     Ds, Y = dense_case()
     lams = [0.3, 0.2]
     tied, untied = cls(Ds, 4, lams), cls(Ds, 4, lams, tied=False)
-    extra = 3 * (2 + Ds[0].shape[1] + Ds[1].shape[1])   # η_i and b_i of passes 2..4
+    extra = 3 * (2 + Ds[0].shape[1] + Ds[1].shape[1])  # η_i and b_i of passes 2..4
     assert sum(p.numel() for p in untied.parameters()) == sum(p.numel() for p in tied.parameters()) + extra
     with torch.no_grad():
-        torch.testing.assert_close(untied(Y), tied(Y), rtol=0, atol=1e-12)   # the same analytic values
+        torch.testing.assert_close(untied(Y), tied(Y), rtol=0, atol=1e-12)  # the same analytic values
         one, two = untied(Y, depth=1), untied(Y, depth=2)
-        untied.biases[0][1].add_(0.5)   # pass 2's b_1
+        untied.biases[0][1].add_(0.5)  # pass 2's b_1
         assert torch.equal(untied(Y, depth=1), one) and not torch.equal(untied(Y, depth=2), two)
     assert untied.layer_parameters(1)[-2] is untied.biases[0][1]
 
@@ -272,6 +276,7 @@ def test_cuda_matches_cpu(cls):
 
 def test_mlbp_of_an_analytic_net_is_the_solvers_problem():
     from unrolled.problems import MLBP
+
     Ds, Y = dense_case()
     lams = [0.3, 0.2]
     net = MLFISTANet(Ds, 200, lams, mu_scale=0.5)

@@ -3,6 +3,7 @@
 The central check: with init="analytic" a depth-K net returns the solver's iterates
 1..K (float64, 1e-10), computed by the methods of ``algorithms/nnls.py`` step by step.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -93,8 +94,9 @@ def test_logd_analytic_is_ogd_with_fixed_step(power):
     Yt = torch.as_tensor(Y)
     L = np.linalg.norm(A, 2) ** 2
     net = LOGD(A, K, power=power, eta=0.2 / (power * L), init_value=0.5)
-    ref = solver_iterates(OGD(problem_of(A), power=power, eta=0.2 / (power * L)), Yt, K,
-                          X0=torch.full((16, 60), 0.5, dtype=torch.float64))
+    ref = solver_iterates(
+        OGD(problem_of(A), power=power, eta=0.2 / (power * L)), Yt, K, X0=torch.full((16, 60), 0.5, dtype=torch.float64)
+    )
     outs = net(Yt, return_all=True)
     assert_iterates_equal(outs, ref)
     # x = s^P ≥ 0: for even P always, for odd P because this step keeps s > 0
@@ -156,9 +158,17 @@ def test_lpgd_without_skip_and_vanilla_structure(xie):
     assert sum(p.numel() for p in LPGD(A, 4, tied=False).parameters()) == 4 * n * m + 3 * n * n
 
 
-@pytest.mark.parametrize("make", [
-    lambda A: LPGD(A, 3), lambda A: LPGD(A, 3, skip=False, tied=False), lambda A: LAPGD(A, 3, tied=False),
-    lambda A: Vanilla(A, 3, bias=True), lambda A: UPGDM(A, 3), lambda A: LOGD(A, 3)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda A: LPGD(A, 3),
+        lambda A: LPGD(A, 3, skip=False, tied=False),
+        lambda A: LAPGD(A, 3, tied=False),
+        lambda A: Vanilla(A, 3, bias=True),
+        lambda A: UPGDM(A, 3),
+        lambda A: LOGD(A, 3),
+    ],
+)
 def test_every_parameter_gets_a_gradient(xie, make):
     A, Y, X = xie
     net = make(A)
@@ -190,8 +200,10 @@ def test_bad_arguments_are_named(xie):
         LOGD(A, 3, eta=0.0)
 
 
-@pytest.mark.parametrize("make", [lambda A: LPGD(A, 3), lambda A: LAPGD(A, 3), lambda A: Vanilla(A, 3),
-                                  lambda A: UPGDM(A, 3), lambda A: LOGD(A, 3)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda A: LPGD(A, 3), lambda A: LAPGD(A, 3), lambda A: Vanilla(A, 3), lambda A: UPGDM(A, 3), lambda A: LOGD(A, 3)],
+)
 def test_operator_fingerprint_and_width_are_checked(xie, make):
     A, Y, _ = xie
     net = make(A)
@@ -204,10 +216,17 @@ def test_operator_fingerprint_and_width_are_checked(xie, make):
         net(np.ones((2, 11)))
 
 
-@pytest.mark.parametrize("make", [
-    lambda A: LPGD(A, 3, init="paper", seed=1), lambda A: LPGD(A, 4, skip=False, tied=False),
-    lambda A: LAPGD(A, 3, init="random", gamma=0.5), lambda A: Vanilla(A, 3, bias=True, init="random"),
-    lambda A: UPGDM(A, 3, tied=True), lambda A: LOGD(A, 3, power=3, init_value=0.2)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda A: LPGD(A, 3, init="paper", seed=1),
+        lambda A: LPGD(A, 4, skip=False, tied=False),
+        lambda A: LAPGD(A, 3, init="random", gamma=0.5),
+        lambda A: Vanilla(A, 3, bias=True, init="random"),
+        lambda A: UPGDM(A, 3, tied=True),
+        lambda A: LOGD(A, 3, power=3, init_value=0.2),
+    ],
+)
 def test_save_load_is_bit_identical(xie, make, tmp_path):
     A, Y, _ = xie
     net = make(A)
@@ -285,6 +304,7 @@ OLD = ["LPGD", "LAPGD", "UPGDM", "LOGD", "Vanilla", "LISTA_CP", "SLISTA", "LISTA
 def test_files_saved_before_the_redesign_load_and_give_the_same_outputs(name):
     """tests/data/old_*.safetensors were written by the pre-redesign code (perturbed weights), with their outputs."""
     from pathlib import Path
+
     data = Path(__file__).parent / "data"
     ref = np.load(data / "old_outputs.npz")
     net = load(data / f"old_{name}.safetensors")
@@ -294,11 +314,20 @@ def test_files_saved_before_the_redesign_load_and_give_the_same_outputs(name):
     assert np.abs(ref[name]).max() > 0
 
 
-@pytest.mark.parametrize("make", [lambda A: LPGD(A, 4, tied=False), lambda A: LAPGD(A, 4, tied=False),
-                                  lambda A: Vanilla(A, 4, bias=True), lambda A: UPGDM(A, 4), lambda A: LOGD(A, 4),
-                                  lambda A: LPGD(A, 4)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda A: LPGD(A, 4, tied=False),
+        lambda A: LAPGD(A, 4, tied=False),
+        lambda A: Vanilla(A, 4, bias=True),
+        lambda A: UPGDM(A, 4),
+        lambda A: LOGD(A, 4),
+        lambda A: LPGD(A, 4),
+    ],
+)
 def test_layer_parameters_cover_the_net_and_follow_the_protocol(xie, make):
     from unrolled.protocols import Network
+
     net = make(xie[0])
     assert isinstance(net, Network)
     seen = {id(p) for t in range(net.depth) for p in net.layer_parameters(t)}
@@ -313,6 +342,7 @@ def test_layer_parameters_cover_the_net_and_follow_the_protocol(xie, make):
 def test_lpgd_on_a_convolution_densifies_and_is_pgd(tmp_path):
     """LPGD's W, S are full matrices, so it densifies a Conv2dOperator; its analytic init is PGD on that operator."""
     from unrolled.operators import Conv2dOperator
+
     gen = torch.Generator().manual_seed(1)
     op = Conv2dOperator(torch.rand(2, 1, 3, 3, generator=gen, dtype=torch.float64), (1, 6, 6), stride=2)
     X = torch.rand(5, op.n, generator=gen, dtype=torch.float64) * (torch.rand(5, op.n, generator=gen) < 0.2)
@@ -328,22 +358,25 @@ def test_lpgd_on_a_convolution_densifies_and_is_pgd(tmp_path):
 
 def test_solver_methods_follow_the_protocol(xie):
     from unrolled.protocols import SolverMethod
+
     problem = problem_of(xie[0])
     for method in (PGD(problem), APGD(problem), OGD(problem, kappa=0.5)):
         assert isinstance(method, SolverMethod)
     with pytest.raises(TypeError, match="step"):
-        OGD(problem, step=0.5)   # the fraction is called kappa now
+        OGD(problem, step=0.5)  # the fraction is called kappa now
 
 
 def test_every_registered_net_takes_the_common_signature(xie):
     """NETS lists public classes only, and each takes (operator, depth, *, init="analytic", tied=...)."""
     import inspect
+
     from unrolled.nets.base import UnrolledNet
+
     A = xie[0]
     assert all(not name.startswith("_") for name in NETS) and UnrolledNet not in NETS.values()
     for name, cls in NETS.items():
         if cls.__module__.split(".")[0] != "unrolled":
-            continue   # test doubles defined by other test modules
+            continue  # test doubles defined by other test modules
         params = inspect.signature(cls).parameters
         assert list(params)[:2] == ["operator", "depth"], name
         assert params["init"].kind is inspect.Parameter.KEYWORD_ONLY and "tied" in params, name

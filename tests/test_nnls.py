@@ -3,6 +3,7 @@
 min_x ½‖Ax − y‖² s.t. x ≥ 0 (xie2019 eq. 1.1). SciPy's Lawson–Hanson solution gives F*;
 every iterative method must reach it within 1e-6 relative (float64).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +29,7 @@ def _problem(m, n, seed=0, batch=3):
     xs = np.stack([scipy_nnls(A, y, maxiter=50 * n)[0] for y in Y])
     Fs = 0.5 * ((xs @ A.T - Y) ** 2).sum(1)
     # "relative" is only meaningful when F* is not ~0 (y outside the cone of A's columns)
-    assert (Fs > 1e-3 * 0.5 * (Y ** 2).sum(1)).all()
+    assert (Fs > 1e-3 * 0.5 * (Y**2).sum(1)).all()
     return A, Y, xs, Fs
 
 
@@ -103,8 +104,7 @@ def test_pgd_objective_never_increases():
 def test_apgd_constant_gamma_converges():
     """xie2019 eq. 1.5–1.6 with the paper's fixed γ = 0.9: the iterates converge to x*."""
     A, Y, xs, Fs = _problem(20, 10, 3)
-    res = ur.nnls(A, Y, "apgd", gamma=0.9, tol=1e-10, max_iter=20_000, check_every=5,
-                  history="full")
+    res = ur.nnls(A, Y, "apgd", gamma=0.9, tol=1e-10, max_iter=20_000, check_every=5, history="full")
     assert res.converged.all()
     np.testing.assert_allclose(res.x, xs, atol=1e-6 * np.abs(xs).max())
     cert = res.history["certificate"]
@@ -132,7 +132,7 @@ def test_consistent_system_recovers_sparse_signal():
     Y = X @ A.T
     res = ur.nnls(A, Y, "apgd", tol=1e-9, max_iter=50_000, momentum="nesterov", restart=True)
     assert res.converged.all() and (res.x >= 0).all()
-    assert (_objective(A, Y, res.x) <= 1e-10 * 0.5 * (Y ** 2).sum(1)).all()  # F* = 0 here
+    assert (_objective(A, Y, res.x) <= 1e-10 * 0.5 * (Y**2).sum(1)).all()  # F* = 0 here
 
 
 def test_zero_measurement_and_warm_start():

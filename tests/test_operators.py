@@ -1,4 +1,5 @@
 """Operators: adjointness, Lipschitz constants (exact and iterative), caching, persistence, learned operators."""
+
 import json
 
 import numpy as np
@@ -73,8 +74,9 @@ def test_dense_lipschitz_exact(shape):
     assert abs(op32.lipschitz - np.linalg.norm(A.astype(np.float32).astype(np.float64), 2) ** 2) <= 1e-9 * exact
 
 
-@pytest.mark.parametrize("kshape,stride,image", [((4, 4), 1, (9, 9)), ((3, 3), 1, (9, 9)), ((5, 5), 2, (12, 11)),
-                                                 ((7, 7), 2, (16, 16))])
+@pytest.mark.parametrize(
+    "kshape,stride,image", [((4, 4), 1, (9, 9)), ((3, 3), 1, (9, 9)), ((5, 5), 2, (12, 11)), ((7, 7), 2, (16, 16))]
+)
 def test_conv2d_lipschitz_matches_svd_and_is_cached(kshape, stride, image, monkeypatch):
     """Power iteration agrees with ‖A‖₂² from the SVD of the operator's matrix to 1e-6 relative.
 
@@ -169,14 +171,25 @@ def test_dense_fingerprint_unchanged():
 def _conv_reference(kernel, image, stride, padding):
     """y_o = S(Σ_i k_{o,i} ∗ x_i) with SciPy's convolve2d, for one (C_in, H, W) image."""
     from scipy.signal import convolve2d
+
     (ph, pw), (sh, sw) = padding, stride
     padded = np.pad(image, ((0, 0), (ph, ph), (pw, pw)))
-    return np.stack([sum(convolve2d(padded[i], kernel[o, i], mode="valid") for i in range(kernel.shape[1]))
-                     for o in range(kernel.shape[0])])[:, ::sh, ::sw]
+    return np.stack(
+        [
+            sum(convolve2d(padded[i], kernel[o, i], mode="valid") for i in range(kernel.shape[1]))
+            for o in range(kernel.shape[0])
+        ]
+    )[:, ::sh, ::sw]
 
 
-CONV_CASES = [((1, 1, 3, 3), (7, 7), 1, None), ((3, 2, 3, 3), (2, 9, 8), 2, None), ((2, 3, 4, 4), (3, 10, 11), 2, 1),
-              ((4, 1, 5, 3), (1, 8, 9), (2, 1), (2, 1)), ((2, 2, 2, 2), (2, 6, 7), 3, 0), ((1, 2, 3, 3), (2, 5, 5), 1, 2)]
+CONV_CASES = [
+    ((1, 1, 3, 3), (7, 7), 1, None),
+    ((3, 2, 3, 3), (2, 9, 8), 2, None),
+    ((2, 3, 4, 4), (3, 10, 11), 2, 1),
+    ((4, 1, 5, 3), (1, 8, 9), (2, 1), (2, 1)),
+    ((2, 2, 2, 2), (2, 6, 7), 3, 0),
+    ((1, 2, 3, 3), (2, 5, 5), 1, 2),
+]
 
 
 @pytest.mark.parametrize("kshape,image,stride,padding", CONV_CASES)
@@ -221,14 +234,17 @@ def test_conv2d_two_dimensional_kernel_is_one_channel():
     assert a.fingerprint() == b.fingerprint() and a.padding == (1, 1)  # default: kh // 2 on both axes
 
 
-@pytest.mark.parametrize("args,kw,match", [
-    (((2, 2, 3), (4, 4)), {}, "kernel"),
-    (((2, 3, 3, 3), (2, 6, 6)), {}, "channels"),
-    (((1, 1, 5, 5), (3, 3)), {"padding": 0}, "larger"),
-    (((1, 1, 3, 3), (6, 6)), {"stride": 0}, "stride"),
-    (((1, 1, 3, 3), (6, 6)), {"padding": (1, -1)}, "padding"),
-    (((1, 1, 3, 3), 6), {}, "image_shape"),
-])
+@pytest.mark.parametrize(
+    "args,kw,match",
+    [
+        (((2, 2, 3), (4, 4)), {}, "kernel"),
+        (((2, 3, 3, 3), (2, 6, 6)), {}, "channels"),
+        (((1, 1, 5, 5), (3, 3)), {"padding": 0}, "larger"),
+        (((1, 1, 3, 3), (6, 6)), {"stride": 0}, "stride"),
+        (((1, 1, 3, 3), (6, 6)), {"padding": (1, -1)}, "padding"),
+        (((1, 1, 3, 3), 6), {}, "image_shape"),
+    ],
+)
 def test_conv2d_rejects_bad_geometry(args, kw, match):
     with pytest.raises(ValueError, match=match):
         Conv2dOperator(np.ones(args[0]), args[1], **kw)
@@ -237,8 +253,10 @@ def test_conv2d_rejects_bad_geometry(args, kw, match):
 # -- the adjoint as an operator --------------------------------------------------------
 def _ops64():
     rng = np.random.default_rng(12)
-    return [DenseOperator(rng.standard_normal((6, 9))),
-            Conv2dOperator(rng.standard_normal((3, 2, 3, 3)), (2, 7, 6), stride=2, dtype=F64)]
+    return [
+        DenseOperator(rng.standard_normal((6, 9))),
+        Conv2dOperator(rng.standard_normal((3, 2, 3, 3)), (2, 7, 6), stride=2, dtype=F64),
+    ]
 
 
 @pytest.mark.parametrize("i", [0, 1])
@@ -256,8 +274,9 @@ def test_transpose_is_the_adjoint(i):
 
 
 # -- .to() keeps the cached constant -----------------------------------------------------
-@pytest.mark.parametrize("make", [lambda op: op, lambda op: op.T, lambda op: ops.learned(op)],
-                         ids=["fixed", "transpose", "learned"])
+@pytest.mark.parametrize(
+    "make", [lambda op: op, lambda op: op.T, lambda op: ops.learned(op)], ids=["fixed", "transpose", "learned"]
+)
 @pytest.mark.parametrize("i", [0, 1])
 def test_to_keeps_cached_lipschitz(make, i, monkeypatch):
     op = make(_ops64()[i])
@@ -277,8 +296,10 @@ def _forbidden(*args, **kwargs):
 # -- persistence -----------------------------------------------------------------------------
 def _all_kinds():
     rng = np.random.default_rng(13)
-    dense, conv = DenseOperator(rng.standard_normal((5, 8))), \
-        Conv2dOperator(rng.standard_normal((2, 3, 3, 2)), (3, 6, 7), stride=(2, 1), padding=(1, 0), dtype=F64)
+    dense, conv = (
+        DenseOperator(rng.standard_normal((5, 8))),
+        Conv2dOperator(rng.standard_normal((2, 3, 3, 2)), (3, 6, 7), stride=(2, 1), padding=(1, 0), dtype=F64),
+    )
     return [dense, conv, dense.T, conv.T, ops.learned(dense), ops.learned(conv), ops.learned(conv).T]
 
 
@@ -307,9 +328,16 @@ def test_fingerprints_tell_kinds_and_geometry_apart():
     assert a != Conv2dOperator(k.reshape(1, 2, 3, 3), (2, 6, 6)).fingerprint()  # same bytes, other channels
 
 
-@pytest.mark.parametrize("config,tensors,match", [
-    ({"kind": "sparse"}, {}, "unknown operator kind"), ({}, {}, "kind"), ("dense", {}, "kind"),
-    ({"kind": "dense"}, {}, "lacks 'A'"), ({"kind": "transpose", "of": None}, {}, "kind")])
+@pytest.mark.parametrize(
+    "config,tensors,match",
+    [
+        ({"kind": "sparse"}, {}, "unknown operator kind"),
+        ({}, {}, "kind"),
+        ("dense", {}, "kind"),
+        ({"kind": "dense"}, {}, "lacks 'A'"),
+        ({"kind": "transpose", "of": None}, {}, "kind"),
+    ],
+)
 def test_from_spec_rejects_bad_specs(config, tensors, match):
     with pytest.raises(ValueError, match=match):
         ops.from_spec(config, tensors)
@@ -344,8 +372,10 @@ def test_learned_weights_are_parameters_and_copies():
 
 def _functional(op, method):
     """w ↦ op.<method>(Z) with the weight w substituted (for gradcheck)."""
+
     def apply(w, Z):
         return torch.func.functional_call(_Call(op, method), {"op.weight": w}, (Z,))
+
     return apply
 
 
@@ -358,9 +388,14 @@ class _Call(torch.nn.Module):
         return getattr(self.op, self.method)(Z)
 
 
-@pytest.mark.parametrize("make", [lambda: ops.LearnedDense(torch.randn(3, 4, dtype=F64)),
-                                  lambda: ops.LearnedConv2d(torch.randn(2, 1, 2, 2, dtype=F64), (1, 4, 5), stride=2)],
-                         ids=["dense", "conv"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ops.LearnedDense(torch.randn(3, 4, dtype=F64)),
+        lambda: ops.LearnedConv2d(torch.randn(2, 1, 2, 2, dtype=F64), (1, 4, 5), stride=2),
+    ],
+    ids=["dense", "conv"],
+)
 def test_learned_is_differentiable_in_the_weights(make):
     op = make()
     w = op.weight.detach().clone().requires_grad_(True)

@@ -3,6 +3,7 @@
 The quick runs of the two cheap experiments run by default; the other quick runs and the
 full-run claims are @pytest.mark.slow (``pytest -m slow tests/test_repro_lista.py``).
 """
+
 import json
 
 import pytest
@@ -20,8 +21,8 @@ def test_registered():
 
 
 def test_mp_formula_limits():
-    assert mp_ratio(1.0, 4.0) == pytest.approx(1.0)          # S = everything: L_S = L
-    assert mp_ratio(0.0, 4.0) == pytest.approx(1 / 9)        # one column: 1/(1 + √γ)²
+    assert mp_ratio(1.0, 4.0) == pytest.approx(1.0)  # S = everything: L_S = L
+    assert mp_ratio(0.0, 4.0) == pytest.approx(1 / 9)  # one column: 1/(1 + √γ)²
     assert mp_ratio(0.1, 4.0) < mp_ratio(0.2, 4.0)
 
 
@@ -49,6 +50,7 @@ def test_quick_runs(tmp_path, name):
 
 # -- full-run claims (long) ------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_simulated_full_claims(tmp_path):
     r = reproduce("moreau-simulated", quick=False, out=tmp_path)
@@ -59,7 +61,7 @@ def test_simulated_full_claims(tmp_path):
         g = res["nets"]["SLISTA"]["gap"][-1]
         assert g <= ista / 10 and g < fista, lam
         assert sum(res["nets"]["SLISTA"]["steps_times_L"]) / depth > 1.0
-    cp = r["per_lambda"]["0.1"]["nets"]["LISTA-CP"]   # stable across the 3 training seeds, below FISTA-20
+    cp = r["per_lambda"]["0.1"]["nets"]["LISTA-CP"]  # stable across the 3 training seeds, below FISTA-20
     assert len(cp["gap_final"]) == 3 and cp["gap_final_std"] <= 0.5 * cp["gap_final_mean"]
     assert cp["gap_final_mean"] < r["per_lambda"]["0.1"]["reference"]["fista"][depth]
     # ALISTA (unsupervised) is reported in the table: its fixed point is not the Lasso's
@@ -80,40 +82,56 @@ def test_marchenko_pastur_full_claims(tmp_path):
 
 # -- chen-cpss: Chen et al.'s training (experiments/chen2018.py) ------------------------------------
 
+
 def test_fresh_pairs_are_fresh_and_at_the_snr():
     import torch
+
     from unrolled.data.lasso import gaussian_dictionary
     from unrolled.experiments.chen2018 import FreshPairs
+
     A = gaussian_dictionary(30, 60, seed=0)
     draw = FreshPairs(A, snr_db=20.0, seed=1)
     Y1, Z1 = draw(4000)
     Y2, _ = draw(4000)
-    assert not torch.equal(Y1, Y2)                          # a new batch every call
+    assert not torch.equal(Y1, Y2)  # a new batch every call
     assert abs(float((Z1 != 0).float().mean()) - 0.1) < 0.01
     clean = Z1.double() @ torch.as_tensor(A).T
     snr = 10 * torch.log10(clean.pow(2).mean() / (Y1.double() - clean).pow(2).mean())
     assert abs(float(snr) - 20.0) < 0.2
     Yn, Zn = FreshPairs(A, seed=1)(10)
-    assert torch.allclose(Yn.double(), Zn.double() @ torch.as_tensor(A).T, atol=1e-5)   # noiseless
+    assert torch.allclose(Yn.double(), Zn.double() @ torch.as_tensor(A).T, atol=1e-5)  # noiseless
 
 
 def test_fit_phase_stops_early_and_keeps_the_best():
     import torch
+
     from unrolled.data.lasso import gaussian_dictionary, sparse_measurements
     from unrolled.experiments.chen2018 import FreshPairs, _groups, fit_phase
     from unrolled.nets import LISTA_CP
+
     A = torch.as_tensor(gaussian_dictionary(20, 40, seed=0))
     val = tuple(torch.as_tensor(t).float() for t in sparse_measurements(A, 100, seed=3))
     net = LISTA_CP(A.float(), 2, 0.05)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     frozen = [{"params": g["params"], "lr": 0.0} for g in _groups(net, range(2), 1.0, 1.0)]
-    rec = fit_phase(net, FreshPairs(A, seed=2), frozen, depth=2, steps=1000, batch=16, val=val, check_every=5,
-                    patience=3)
-    assert rec["steps"] == 15                                # no improvement at lr 0: three checks, then stop
+    rec = fit_phase(
+        net, FreshPairs(A, seed=2), frozen, depth=2, steps=1000, batch=16, val=val, check_every=5, patience=3
+    )
+    assert rec["steps"] == 15  # no improvement at lr 0: three checks, then stop
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    rec = fit_phase(net, FreshPairs(A, seed=2), _groups(net, range(2), 0.05, 0.02), depth=2, steps=200, batch=32,
-                    val=val, check_every=10, patience=5)
+    rec = fit_phase(
+        net,
+        FreshPairs(A, seed=2),
+        _groups(net, range(2), 0.05, 0.02),
+        depth=2,
+        steps=200,
+        batch=32,
+        val=val,
+        check_every=10,
+        patience=5,
+    )
     from unrolled.metrics import nmse_db
+
     with torch.no_grad():
         assert nmse_db(net(val[0]), val[1]) == pytest.approx(rec["val_nmse_db"], abs=1e-4)  # the best is kept
     assert rec["val_nmse_db"] < nmse_db(LISTA_CP(A.float(), 2, 0.05)(val[0]).detach(), val[1]) - 1.0
@@ -121,12 +139,14 @@ def test_fit_phase_stops_early_and_keeps_the_best():
 
 def test_groups_split_scalars_from_matrices_by_name():
     import torch
+
     from unrolled.data.lasso import gaussian_dictionary
     from unrolled.experiments.chen2018 import _groups
     from unrolled.nets import ALISTA, LISTA_CP
+
     A = torch.as_tensor(gaussian_dictionary(20, 40, seed=0)).float()
     g = _groups(LISTA_CP(A, 3, 0.05), range(2, 3), 0.1, 0.01)
-    assert [(x["lr"], len(x["params"])) for x in g] == [(0.1, 2), (0.01, 1)]   # layer 3: a, b, then W
+    assert [(x["lr"], len(x["params"])) for x in g] == [(0.1, 2), (0.01, 1)]  # layer 3: a, b, then W
     assert [(x["lr"], len(x["params"])) for x in _groups(ALISTA(A, 3, 0.05), range(3), 0.1, 0.01)] == [(0.1, 6)]
 
 
@@ -135,7 +155,7 @@ def test_chen_cpss_quick(tmp_path):
     assert (tmp_path / "nmse_vs_layers.png").exists() and (tmp_path / "results.partial.json").exists()
     noiseless = r["per_setting"]["noiseless"]["nets"]
     assert set(noiseless) == {"LISTA", "LISTA-CP", "LISTA-CPSS", "ALISTA"}
-    for label in ("LISTA-CP", "LISTA-CPSS", "ALISTA"):          # trained supervised on fresh samples
+    for label in ("LISTA-CP", "LISTA-CPSS", "ALISTA"):  # trained supervised on fresh samples
         assert r["claims"][f"below_fista.{label}.noiseless"], label
         assert noiseless[label]["train_steps"] > 0
 
@@ -144,5 +164,5 @@ def test_chen_cpss_quick(tmp_path):
 def test_chen_cpss_full_claims(tmp_path):
     r = reproduce("chen-cpss", quick=False, out=tmp_path)
     noiseless = r["per_setting"]["noiseless"]["nets"]
-    assert noiseless["LISTA-CPSS"]["nmse_db"][-1] <= -45.0       # Chen et al. 2018 Fig. 3: about −50…−60 dB
+    assert noiseless["LISTA-CPSS"]["nmse_db"][-1] <= -45.0  # Chen et al. 2018 Fig. 3: about −50…−60 dB
     assert all(r["claims"][f"below_fista.{label}.noiseless"] for label in noiseless)

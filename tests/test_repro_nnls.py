@@ -4,6 +4,7 @@ The quick runs go through the same code as the full ones on smaller data and few
 epochs; they check the outputs and the qualitative claims that already hold there.
 The full runs (``-m slow``) check the papers' numbers.
 """
+
 import json
 
 import numpy as np
@@ -38,6 +39,7 @@ def test_xie_table1_quick(table1):
     assert any(row[0] == "LAPGD" and row[2] == 8.89 for row in res["table"])
     # the saved model reloads and reproduces the reported error
     from unrolled.experiments.xie2019 import RECIPES, data, recovery_error
+
     net = load(out / "LAPGD-3.safetensors")
     _, _, (Yt, Xt) = data(RECIPES["quick"], 0)
     assert recovery_error(net(Yt), Xt) == pytest.approx(errs["LAPGD"], rel=1e-6)
@@ -59,6 +61,7 @@ def test_xie_fig3_quick(tmp_path):
 
 def test_first_match():
     from unrolled.experiments.xie2019 import first_match
+
     assert first_match([5.0, 4.0, 3.0], 4.0) == 2
     assert first_match([5.0, 4.0], 1.0) is None
 
@@ -72,11 +75,13 @@ def test_sen_synthetic_quick(tmp_path):
         assert v["test_error"] < 1.2 * v["test_error_at_init"]  # and does not wreck the net
     # LOGD at its analytic init is OGD with the fixed step: the two agree
     assert res["learned"]["LOGD"]["test_error_at_init"] == pytest.approx(
-        res["classical"]["OGD (fixed η, = LOGD at init)"], rel=1e-4)
+        res["classical"]["OGD (fixed η, = LOGD at init)"], rel=1e-4
+    )
 
 
 def test_demo_quick(tmp_path, capsys):
     from unrolled.experiments.xie2019 import demo
+
     res = demo(tmp_path, quick=True)
     printed = capsys.readouterr().out
     assert "LAPGD" in printed and "8.89" in printed and "PGD, 3 iterations" in printed

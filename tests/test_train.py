@@ -1,4 +1,5 @@
 """ur.train: losses, validation/best keeping, divergence guard, atomic checkpoints and resume."""
+
 import numpy as np
 import pytest
 import torch
@@ -154,7 +155,8 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="entries per signal|Y"):
         ur.train(net, Y[:, :5], X, progress=False)
     with pytest.raises(ValueError, match="NaN"):
-        Yb = Y.copy(); Yb[0, 0] = np.nan
+        Yb = Y.copy()
+        Yb[0, 0] = np.nan
         ur.train(net, Yb, X, progress=False)
 
 
@@ -162,8 +164,16 @@ def test_parameter_groups_get_their_own_relative_rates():
     A, Y, X = _data()
     net = StepNet(A).double()
     before = net.steps.detach().clone()
-    ur.train(net, Y, X, epochs=2, lr=1e-3, schedule="none", progress=False,
-             params=[{"params": [net.steps], "lr": 0.0 + 1e-12}])
+    ur.train(
+        net,
+        Y,
+        X,
+        epochs=2,
+        lr=1e-3,
+        schedule="none",
+        progress=False,
+        params=[{"params": [net.steps], "lr": 0.0 + 1e-12}],
+    )
     # a vanishing factor leaves the step sizes where they were; factor 1 moves them
     torch.testing.assert_close(net.steps.detach(), before, rtol=0, atol=1e-12)
     ur.train(net, Y, X, epochs=2, lr=1e-3, schedule="none", progress=False, params=[{"params": [net.steps]}])
@@ -177,6 +187,7 @@ def test_checkpoint_written_before_the_split_still_resumes(tmp_path):
     (made by tests/data/make_v0_checkpoint.py)."""
     import shutil
     from pathlib import Path
+
     A, Y, X = _data()
     ref = StepNet(A).double()
     ur.train(ref, Y, X, epochs=6, lr=1e-3, batch_size=64, progress=False)
@@ -197,10 +208,24 @@ def test_checkpoint_of_other_data_or_seed_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"another run \(train.seed: 0 -> 1\)"):
         ur.train(StepNet(A).double(), Y, X, epochs=2, seed=1, progress=False, checkpoint=ckpt)
     with pytest.raises(ValueError, match=r"run.data.n_train: 256 -> 300"):
-        ur.train(StepNet(A).double(), Y, X, epochs=2, progress=False, checkpoint=tmp_path / "r2.ckpt",
-                 run={"data": {"n_train": 256}})
-        ur.train(StepNet(A).double(), Y, X, epochs=2, progress=False, checkpoint=tmp_path / "r2.ckpt",
-                 run={"data": {"n_train": 300}})
+        ur.train(
+            StepNet(A).double(),
+            Y,
+            X,
+            epochs=2,
+            progress=False,
+            checkpoint=tmp_path / "r2.ckpt",
+            run={"data": {"n_train": 256}},
+        )
+        ur.train(
+            StepNet(A).double(),
+            Y,
+            X,
+            epochs=2,
+            progress=False,
+            checkpoint=tmp_path / "r2.ckpt",
+            run={"data": {"n_train": 300}},
+        )
     hist = ur.train(StepNet(A).double(), Y, X, epochs=2, progress=False, checkpoint=ckpt, resume=False)
     assert hist.resumed_from == 0
 
@@ -223,6 +248,7 @@ def test_threads_argument_is_restored_after_the_call():
 
 def test_saved_files_are_0644_and_stale_temps_are_removed(tmp_path):
     import os
+
     A, Y, X = _data(n_train=32)
     ckpt = tmp_path / "run.ckpt"
     stale = tmp_path / ".run.ckpt.abc123.tmp"

@@ -4,11 +4,14 @@ Badly scaled columns, tiny and huge magnitudes, zero operators, overflowing data
 certified ml_bp default, the non-negative Lasso and small API points. References: SciPy's
 ``nnls`` on the column-normalised problem (rescaled back) and scikit-learn's Lasso.
 """
+
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.optimize import nnls as scipy_nnls
 
 import unrolled as ur
@@ -36,8 +39,12 @@ def spread_columns():
     A[4:, 2:] = rng.random((4, 3)) + 0.1
     A[:, 0] *= 1e-6
     A[:, 1] *= 1e7
-    Y = np.stack([np.concatenate([A[:4, 0] * 3e5 + A[:4, 1] * 2e-7 + 0.05 * rng.standard_normal(4),
-                                  -rng.random(4) - 0.1]) for _ in range(3)])
+    Y = np.stack(
+        [
+            np.concatenate([A[:4, 0] * 3e5 + A[:4, 1] * 2e-7 + 0.05 * rng.standard_normal(4), -rng.random(4) - 0.1])
+            for _ in range(3)
+        ]
+    )
     return A, Y
 
 
@@ -76,6 +83,7 @@ def test_converged_only_at_the_optimum_whatever_the_column_scale(case, call):
 def test_default_route_for_wide_problems_finishes_badly_scaled_rows_exactly():
     """n > ACTIVE_SET_MAX_N: APGD first, then the active set for the rows APGD cannot certify."""
     from unrolled.solvers import ACTIVE_SET_MAX_N
+
     rng = np.random.default_rng(8)
     n = ACTIVE_SET_MAX_N + 16
     A, Y = rng.standard_normal((2 * n, n)), rng.standard_normal((3, 2 * n))
@@ -85,7 +93,7 @@ def test_default_route_for_wide_problems_finishes_badly_scaled_rows_exactly():
     res = ur.nnls(A, Y, tol=1e-8, max_iter=2000)
     assert res.converged.all() and "active_set" in res.history
     np.testing.assert_allclose(_f(A, res.x, Y), _f(A, ref, Y), rtol=1e-10)
-    easy = ur.nnls(A[:, :n - 1] / np.linalg.norm(A[:, :n - 1], axis=0), Y, tol=1e-8)
+    easy = ur.nnls(A[:, : n - 1] / np.linalg.norm(A[:, : n - 1], axis=0), Y, tol=1e-8)
     assert easy.converged.all() and "active_set" not in easy.history
 
 
@@ -106,18 +114,21 @@ def test_certificate_is_invariant_to_column_scaling():
     X = np.abs(rng.standard_normal((3, 6)))
     s = 10.0 ** rng.uniform(-6, 6, 6)
     cert = ur.NNLS(ur.DenseOperator(A)).certificate
-    torch.testing.assert_close(cert(torch.from_numpy(X), torch.from_numpy(Y)),
-                               ur.NNLS(ur.DenseOperator(A * s)).certificate(torch.from_numpy(X / s),
-                                                                             torch.from_numpy(Y)))
+    torch.testing.assert_close(
+        cert(torch.from_numpy(X), torch.from_numpy(Y)),
+        ur.NNLS(ur.DenseOperator(A * s)).certificate(torch.from_numpy(X / s), torch.from_numpy(Y)),
+    )
 
 
 # ---------------------------------------------------------------- #9.6: tiny and huge scales
 def _solve_all(A, Y, D, lam):
-    return {"nnls": ur.nnls(A, Y, tol=1e-9),
-            "nnls-apgd": ur.nnls(A, Y, "apgd", momentum="nesterov", restart=True, tol=1e-9, max_iter=20_000),
-            "lasso": ur.lasso(D, Y, lam, tol=1e-9),
-            "lasso-ista": ur.lasso(D, Y, lam, "ista", tol=1e-9, max_iter=50_000),
-            "ml_bp": ur.ml_bp([D, np.eye(D.shape[1])], Y, [0.0, lam], tol=1e-9)}
+    return {
+        "nnls": ur.nnls(A, Y, tol=1e-9),
+        "nnls-apgd": ur.nnls(A, Y, "apgd", momentum="nesterov", restart=True, tol=1e-9, max_iter=20_000),
+        "lasso": ur.lasso(D, Y, lam, tol=1e-9),
+        "lasso-ista": ur.lasso(D, Y, lam, "ista", tol=1e-9, max_iter=50_000),
+        "ml_bp": ur.ml_bp([D, np.eye(D.shape[1])], Y, [0.0, lam], tol=1e-9),
+    }
 
 
 def test_tiny_scale_gives_the_same_answer_and_certificate():
@@ -130,7 +141,7 @@ def test_tiny_scale_gives_the_same_answer_and_certificate():
     small = _solve_all(A * s, Y * s, D * s, lam * s * s)
     for name, r in base.items():
         assert r.converged.all() and small[name].converged.all(), name
-        f, fs = r.objective, small[name].objective / s ** 2
+        f, fs = r.objective, small[name].objective / s**2
         np.testing.assert_allclose(fs, f, rtol=1e-8, err_msg=name)
         assert (small[name].certificate <= 1e-9).all(), name
 
@@ -140,8 +151,13 @@ def test_out_of_range_magnitudes_are_refused_in_one_line(scale):
     """Fails on the old code: ZeroDivisionError at 1e-170, OverflowError / NaN at 1e200."""
     rng = np.random.default_rng(2)
     A, Y = rng.random((6, 8)) * scale, rng.random((2, 6)) * scale
-    calls = [lambda: ur.nnls(A, Y), lambda: ur.nnls(A, Y, "pgd"), lambda: ur.lasso(A, Y, 1.0),
-             lambda: ur.lasso(A, Y, 1.0, "ista"), lambda: ur.ml_bp([A, np.eye(8)], Y, [0.1, 0.1])]
+    calls = [
+        lambda: ur.nnls(A, Y),
+        lambda: ur.nnls(A, Y, "pgd"),
+        lambda: ur.lasso(A, Y, 1.0),
+        lambda: ur.lasso(A, Y, 1.0, "ista"),
+        lambda: ur.ml_bp([A, np.eye(8)], Y, [0.1, 0.1]),
+    ]
     for call in calls:
         with pytest.raises(ValueError, match="range|overflow|too small|too large") as err:
             call()
@@ -155,7 +171,7 @@ def test_overflowing_products_are_refused():
         ur.nnls(A, np.ones(3))
     with pytest.raises(ValueError, match="overflow|range"):
         ur.lasso(A, np.ones(3), 1.0, "fista")
-    with pytest.raises(ValueError, match="overflow|range"):   # A fine, AᵀY overflows
+    with pytest.raises(ValueError, match="overflow|range"):  # A fine, AᵀY overflows
         ur.lasso(np.full((3, 4), 1e150), np.full(3, 1e160), 1.0)
 
 
@@ -177,6 +193,7 @@ def test_zero_operator_gives_zero_with_gap_zero(zero):
 def test_ml_bp_default_solves_the_stated_problem():
     """Fails on the old code: the default (ML-FISTA) stopped 6e-3 above F* and said converged."""
     from unrolled.data.mlsc import mlsc_dictionaries, mlsc_signals
+
     D1, D2 = mlsc_dictionaries(seed=0)
     s = mlsc_signals(D1, D2, 6, seed=1)
     lams = [0.05, 0.05]
@@ -192,14 +209,16 @@ def test_ml_bp_default_solves_the_stated_problem():
 # ---------------------------------------------------------------- item 7: API points
 def test_lasso_lambda_is_sklearn_alpha_times_n_samples():
     from sklearn.linear_model import Lasso as SkLasso
+
     rng = np.random.default_rng(4)
     D, y = rng.standard_normal((30, 50)), rng.standard_normal(30)
     alpha = 0.05
     sk = SkLasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(D, y)
     res = ur.lasso(D, y, alpha * 30, tol=1e-12, max_iter=50_000)
     np.testing.assert_allclose(res.x, sk.coef_, atol=1e-6)
-    gap = ur.Lasso(ur.DenseOperator(D), alpha * 30).duality_gap(torch.from_numpy(sk.coef_[None]),
-                                                                 torch.from_numpy(y[None]))
+    gap = ur.Lasso(ur.DenseOperator(D), alpha * 30).duality_gap(
+        torch.from_numpy(sk.coef_[None]), torch.from_numpy(y[None])
+    )
     assert float(gap[0]) / 30 == pytest.approx(sk.dual_gap_, rel=1e-3, abs=1e-14)
 
 
@@ -207,6 +226,7 @@ def test_lasso_lambda_is_sklearn_alpha_times_n_samples():
 def test_nonnegative_lasso_matches_sklearn_positive(method):
     """Fails on the old code (no positive option)."""
     from sklearn.linear_model import Lasso as SkLasso
+
     rng = np.random.default_rng(5)
     D, Y = rng.standard_normal((25, 40)), rng.standard_normal((3, 25))
     lam = 2.0
@@ -246,10 +266,15 @@ def test_read_only_input_raises_no_warning():
         ur.lasso(A, Y, 0.1)
 
 
-@pytest.mark.parametrize("solve", [lambda A, Y, **kw: ur.nnls(A, Y, **kw),
-                                   lambda A, Y, **kw: ur.nnls(A, Y, "apgd", **kw),
-                                   lambda A, Y, **kw: ur.lasso(A, Y, 0.5, **kw),
-                                   lambda A, Y, **kw: ur.lasso(A, Y, 0.5, "ista", **kw)])
+@pytest.mark.parametrize(
+    "solve",
+    [
+        lambda A, Y, **kw: ur.nnls(A, Y, **kw),
+        lambda A, Y, **kw: ur.nnls(A, Y, "apgd", **kw),
+        lambda A, Y, **kw: ur.lasso(A, Y, 0.5, **kw),
+        lambda A, Y, **kw: ur.lasso(A, Y, 0.5, "ista", **kw),
+    ],
+)
 def test_warm_start_at_the_optimum_takes_zero_iterations(solve):
     """Fails on the old code: one step was always taken before the first check."""
     rng = np.random.default_rng(6)
@@ -277,10 +302,7 @@ def test_default_history_is_bounded_by_checks_not_problems():
 
 
 # ---------------------------------------------------------------- the "must hold" of #8, by hypothesis
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-
-PROPERTY = settings(max_examples=30, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 TOL = {np.float64: 1e-6, np.float32: 1e-4}
 
 
@@ -290,7 +312,7 @@ def matrices(draw, max_m=12, max_n=12, bits=20):
     dtypes); exactly rank-deficient (a product of small integer factors, so that rounding does
     not turn it into a merely ill-conditioned one) and exactly duplicated columns; float32/float64."""
     m, n = draw(st.integers(2, max_m)), draw(st.integers(1, max_n))
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 31)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     rank = draw(st.integers(1, min(m, n)))
     if rank < min(m, n):
         A = (rng.integers(-3, 4, (m, rank)) @ rng.integers(-3, 4, (rank, n))).astype(np.float64)
@@ -319,13 +341,14 @@ def test_property_nnls_default_never_certifies_a_wrong_answer(data):
     A64, Y64 = A.astype(np.float64), Y.astype(np.float64)
     ref = normalised_nnls(A64, Y64)
     f, f_ref = _f(A64, res.x.astype(np.float64), Y64), _f(A64, ref, Y64)
-    assert _excess_is_within_tol(f, f_ref, 0.5 * (Y64 ** 2).sum(1), res.converged, dtype), (f, f_ref)
+    assert _excess_is_within_tol(f, f_ref, 0.5 * (Y64**2).sum(1), res.converged, dtype), (f, f_ref)
 
 
 @PROPERTY
 @given(matrices(), st.floats(0.05, 0.9))
 def test_property_lasso_default_never_certifies_a_wrong_answer(data, frac):
     from sklearn.linear_model import Lasso as SkLasso
+
     D, Y, dtype = data
     D64, Y64 = D.astype(np.float64), Y.astype(np.float64)
     lam = frac * float(np.abs(Y64 @ D64).max())
@@ -336,7 +359,7 @@ def test_property_lasso_default_never_certifies_a_wrong_answer(data, frac):
         f_sk = _f(D64, sk.coef_, y)[0] + lam * np.abs(sk.coef_).sum()
         x = np.asarray(res.x[i], dtype=np.float64)
         f = _f(D64, x, y)[0] + lam * np.abs(x).sum()
-        assert _excess_is_within_tol(f, f_sk, 0.5 * (y ** 2).sum(), res.converged[i], dtype), (f, f_sk)
+        assert _excess_is_within_tol(f, f_sk, 0.5 * (y**2).sum(), res.converged[i], dtype), (f, f_sk)
 
 
 @settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -347,19 +370,19 @@ def test_property_ml_bp_default_never_certifies_a_wrong_answer(data, n2, frac, f
     D1_64, D2_64, Y64 = D1.astype(np.float64), D2.astype(np.float64), Y.astype(np.float64)
     lam2 = frac * float(np.abs(Y64 @ D1_64 @ D2_64).max())
     lams = [frac1 * lam2, lam2]
-    res = ur.ml_bp([D1, D2], Y, lams, tol=TOL[dtype], max_iter=200)   # (ADMM's inner loop is costly)
+    res = ur.ml_bp([D1, D2], Y, lams, tol=TOL[dtype], max_iter=200)  # (ADMM's inner loop is costly)
     ref = ur.ml_bp([D1_64, D2_64], Y64, lams, "admm", tol=1e-10, max_iter=2000, inner_iter=200)
     G = np.asarray(res.x, dtype=np.float64)
     f = _f(D1_64 @ D2_64, G, Y64) + lams[0] * np.abs(G @ D2_64.T).sum(1) + lams[1] * np.abs(G).sum(1)
-    assert _excess_is_within_tol(f, ref.objective, 0.5 * (Y64 ** 2).sum(1), res.converged, dtype), (f, ref.objective)
-
+    assert _excess_is_within_tol(f, ref.objective, 0.5 * (Y64**2).sum(1), res.converged, dtype), (f, ref.objective)
 
 
 def test_chunked_batch_equals_one_batch():
     """Large batches are solved CHUNK rows at a time: same answers, summaries chunk after chunk."""
+    from unrolled.algorithms.active_set import ActiveSet
     from unrolled.problems import NNLS
     from unrolled.solve import iterate
-    from unrolled.algorithms.active_set import ActiveSet
+
     rng = np.random.default_rng(0)
     A, Y = torch.from_numpy(rng.random((10, 20))), torch.from_numpy(rng.random((7, 10)))
     prob = NNLS(ur.DenseOperator(A))
@@ -374,6 +397,7 @@ def test_chunked_batch_equals_one_batch():
 def test_matrix_free_column_norms_equal_the_dense_ones():
     """The NNLS certificate needs ‖a_j‖: computed chunk by chunk for a convolution, never as an n × n identity."""
     from unrolled.problems import column_norms
+
     kernel = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 3)))
     op = ur.Conv2dOperator(kernel, (9, 7))
     torch.testing.assert_close(column_norms(op, chunk=5), column_norms(ur.DenseOperator(op.matrix())))

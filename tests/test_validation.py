@@ -1,5 +1,6 @@
 """The public contract of ur.nnls / ur.lasso: kinds in = kinds out, warm starts, history
 shapes, per-row independence of the batch, and clear errors for bad input."""
+
 import os
 import re
 
@@ -35,7 +36,7 @@ def test_kinds_numpy_torch_vector_batch(name):
     solve, M, Y = SOLVERS[name]
     n = M.shape[1]
     kw = dict(tol=1e-8, max_iter=3000)
-    r = solve(M, Y, **kw)                                      # NumPy batch
+    r = solve(M, Y, **kw)  # NumPy batch
     assert isinstance(r.x, np.ndarray) and r.x.shape == (4, n) and r.x.dtype == np.float64
     assert isinstance(r.n_iter, np.ndarray) and r.n_iter.shape == (4,)
     assert isinstance(r.converged, np.ndarray) and r.converged.shape == (4,) and r.converged.dtype == bool
@@ -43,16 +44,16 @@ def test_kinds_numpy_torch_vector_batch(name):
     assert isinstance(rt.x, torch.Tensor) and rt.x.shape == (4, n) and rt.x.dtype == torch.float64
     assert not rt.x.requires_grad
     np.testing.assert_allclose(rt.x.numpy(), r.x, rtol=1e-12, atol=1e-14)
-    rv = solve(M, Y[1], **kw)                                  # NumPy vector
+    rv = solve(M, Y[1], **kw)  # NumPy vector
     assert isinstance(rv.x, np.ndarray) and rv.x.shape == (n,)
     assert isinstance(rv.n_iter, int) and isinstance(rv.converged, bool)
     np.testing.assert_allclose(rv.x, r.x[1], rtol=1e-10, atol=1e-12)
     assert rv.n_iter == r.n_iter[1]
     rtv = solve(torch.from_numpy(M), torch.from_numpy(Y[1]), **kw)  # torch vector
     assert isinstance(rtv.x, torch.Tensor) and rtv.x.shape == (n,)
-    r1 = solve(M, Y[1:2], **kw)                                # a batch of one stays a batch
+    r1 = solve(M, Y[1:2], **kw)  # a batch of one stays a batch
     assert r1.x.shape == (1, n) and r1.n_iter.shape == (1,)
-    rl = solve(M.tolist(), Y.tolist(), **kw)                   # plain lists are NumPy-like
+    rl = solve(M.tolist(), Y.tolist(), **kw)  # plain lists are NumPy-like
     assert isinstance(rl.x, np.ndarray)
 
 
@@ -99,8 +100,8 @@ def test_rows_converging_early_keep_their_values(name):
     n_iter, history) must equal solving that row alone."""
     solve, M, Y = SOLVERS[name]
     Yb = Y.copy()
-    Yb[2] = 0.0              # converges at the first check
-    Yb[0] *= 1e-3            # same problem, scaled: different n_iter only through rounding
+    Yb[2] = 0.0  # converges at the first check
+    Yb[0] *= 1e-3  # same problem, scaled: different n_iter only through rounding
     kw = dict(tol=1e-7, max_iter=5000, check_every=3, history="full")
     r = solve(M, Yb, **kw)
     assert r.converged.all()
@@ -109,9 +110,14 @@ def test_rows_converging_early_keep_their_values(name):
         ri = solve(M, Yb[i], **kw)
         assert ri.n_iter == r.n_iter[i]
         np.testing.assert_allclose(r.x[i], ri.x, rtol=1e-9, atol=1e-12 * max(1.0, np.abs(ri.x).max()))
-        np.testing.assert_allclose(r.history["objective"][:, i], np.pad(
-            ri.history["objective"], (0, len(r.history["iteration"]) - len(ri.history["iteration"])), mode="edge"),
-            rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(
+            r.history["objective"][:, i],
+            np.pad(
+                ri.history["objective"], (0, len(r.history["iteration"]) - len(ri.history["iteration"])), mode="edge"
+            ),
+            rtol=1e-9,
+            atol=1e-15,
+        )
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))
@@ -139,7 +145,7 @@ def test_warm_start(name):
 def test_negative_x0_refused_for_nnls_only():
     with pytest.raises(ValueError, match="x0"):
         ur.nnls(A, YA, x0=-np.ones(8))
-    ur.lasso(D, YD, LAM, x0=-np.ones(16), max_iter=5)   # fine for the Lasso
+    ur.lasso(D, YD, LAM, x0=-np.ones(16), max_iter=5)  # fine for the Lasso
 
 
 # ---------------------------------------------------------------- validation

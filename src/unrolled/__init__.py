@@ -3,18 +3,50 @@
 Classical batched solvers (``nnls``, ``lasso``, ``ml_bp``) and the learned networks made
 by unrolling their steps (``unrolled.nets``). See the README for the list and sources.
 """
-from .operators import (Conv2dOperator, DenseOperator, LearnedConv2d, LearnedDense, LearnedOperator, Operator,
-                        as_operator, learned)
+
+from . import data, metrics, nets
+from .certified import certify, refine
+from .nets import load
+from .operators import (
+    Conv2dOperator,
+    DenseOperator,
+    LearnedConv2d,
+    LearnedDense,
+    LearnedOperator,
+    Operator,
+    as_operator,
+    learned,
+)
 from .problems import MLBP, NNLS, Lasso
 from .solve import Result
 from .solvers import lasso, ml_bp, nnls
-from . import data, metrics, nets
-from .nets import load
 from .training import TrainHistory, train
-from .certified import certify, refine
 
 __version__ = "0.1.0"
 
-__all__ = ["nnls", "lasso", "ml_bp", "train", "load", "certify", "refine", "nets", "data", "metrics", "Result", "TrainHistory",
-           "NNLS", "Lasso", "MLBP", "Operator", "DenseOperator", "Conv2dOperator", "as_operator",
-           "LearnedOperator", "LearnedDense", "LearnedConv2d", "learned", "__version__"]
+__all__ = [
+    "nnls",
+    "lasso",
+    "ml_bp",
+    "train",
+    "load",
+    "certify",
+    "refine",
+    "nets",
+    "data",
+    "metrics",
+    "Result",
+    "TrainHistory",
+    "NNLS",
+    "Lasso",
+    "MLBP",
+    "Operator",
+    "DenseOperator",
+    "Conv2dOperator",
+    "as_operator",
+    "LearnedOperator",
+    "LearnedDense",
+    "LearnedConv2d",
+    "learned",
+    "__version__",
+]

@@ -6,6 +6,7 @@ from its signature), ``[data]`` the chosen generator's, ``[train]`` those of
 :func:`unrolled.train` that a file can set. :func:`resolve` returns the config with every
 default filled in, which is what a checkpoint records.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -26,8 +27,15 @@ class ConfigError(ValueError):
 
 def _kinds(annotation, default) -> set[str]:
     """The TOML kinds a parameter accepts, from its annotation (a string) or its default."""
-    names = {"int": "int", "float": "float", "bool": "bool", "str": "str", "None": "none",
-             "list": "list", "tuple": "list"}
+    names = {
+        "int": "int",
+        "float": "float",
+        "bool": "bool",
+        "str": "str",
+        "None": "none",
+        "list": "list",
+        "tuple": "list",
+    }
     if isinstance(annotation, str) and annotation:
         kinds = {names.get(part.strip().split("[")[0]) for part in annotation.split("|")}
         if None not in kinds:
@@ -44,13 +52,17 @@ def _kinds(annotation, default) -> set[str]:
 def _check_type(where: str, key: str, value, kinds: set[str]):
     if not kinds:
         return
-    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-          "float": isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value),
-          "bool": isinstance(value, bool), "str": isinstance(value, str), "list": isinstance(value, list)}
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "list": isinstance(value, list),
+    }
     if not any(ok.get(k, False) for k in kinds):
-        want = " or ".join(sorted("number" if k == "float" else "integer" if k == "int" else k
-                                  for k in kinds if k != "none"))
+        want = " or ".join(
+            sorted("number" if k == "float" else "integer" if k == "int" else k for k in kinds if k != "none")
+        )
         raise ConfigError(f"{where}{key} must be {want}, got {value!r}")
 
 
@@ -87,6 +99,7 @@ def _choice(where: str, key: str, value, options):
 
 def _operator(cfg: dict) -> dict:
     from .data import OPERATORS
+
     op = _check_keys("[operator] ", cfg, {k: {v} for k, v in OPERATOR_KEYS.items()})
     if "file" in op:
         extra = sorted(set(op) - {"file", "key"})
@@ -101,12 +114,15 @@ def _operator(cfg: dict) -> dict:
             if op[k] <= 0:
                 raise ConfigError(f"[operator] {k} must be a positive integer, got {op[k]!r}")
     elif op:
-        raise ConfigError("[operator] needs file = \"A.npy\" or kind = " + "|".join(map(repr, OPERATORS)) + " with m, n")
+        raise ConfigError(
+            "[operator] needs file = \"A.npy\" or kind = " + "|".join(map(repr, OPERATORS)) + " with m, n"
+        )
     return op
 
 
 def _data(cfg: dict) -> dict:
     from .data import GENERATORS
+
     counts = {"n_train": {"int"}, "n_val": {"int"}}
     if not isinstance(cfg, dict):
         raise ConfigError(f"[data] must be a table, got {cfg!r}")
@@ -114,10 +130,15 @@ def _data(cfg: dict) -> dict:
         data = dict(_check_keys("[data] ", cfg, {"file": {"str"}, "n_val": {"int"}}))
     else:
         if "generator" not in cfg:
-            raise ConfigError("[data] needs file = \"data.npz\" or generator = " + "|".join(map(repr, sorted(GENERATORS))))
+            raise ConfigError(
+                "[data] needs file = \"data.npz\" or generator = " + "|".join(map(repr, sorted(GENERATORS)))
+            )
         _choice("[data] ", "generator", cfg["generator"], sorted(GENERATORS))
-        allowed = {"generator": {"str"}, **counts,
-                   **_signature_kinds(GENERATORS[cfg["generator"]], GENERATOR_SET_BY_CLI)}
+        allowed = {
+            "generator": {"str"},
+            **counts,
+            **_signature_kinds(GENERATORS[cfg["generator"]], GENERATOR_SET_BY_CLI),
+        }
         data = {"n_train": 1000, "n_val": 200, **_check_keys("[data] ", cfg, allowed)}
         if data["n_train"] < 1:
             raise ConfigError(f"[data] n_train must be a positive integer, got {data['n_train']!r}")
@@ -128,6 +149,7 @@ def _data(cfg: dict) -> dict:
 
 def _model(cfg: dict) -> dict:
     from .nets import NETS
+
     if not isinstance(cfg, dict):
         raise ConfigError(f"[model] must be a table, got {cfg!r}")
     names = sorted(n for n in NETS if not n.startswith("_"))
@@ -142,6 +164,7 @@ def _model(cfg: dict) -> dict:
 
 def _train(cfg: dict) -> dict:
     from .training import LOSSES, train
+
     allowed = _signature_kinds(train, TRAIN_SET_BY_CLI)
     tcfg = dict(_check_keys("[train] ", cfg, allowed))
     if "loss" in tcfg:
@@ -167,6 +190,11 @@ def resolve(cfg: dict) -> dict:
         _check_type("", key, value, {TOP_KEYS[key]})
     if "model" not in cfg:
         raise ConfigError("the config needs a [model] section")
-    return {"seed": cfg.get("seed", 0), **({"out": cfg["out"]} if "out" in cfg else {}),
-            "operator": _operator(cfg.get("operator", {})), "data": _data(cfg.get("data", {})),
-            "model": _model(cfg["model"]), "train": _train(cfg.get("train", {}))}
+    return {
+        "seed": cfg.get("seed", 0),
+        **({"out": cfg["out"]} if "out" in cfg else {}),
+        "operator": _operator(cfg.get("operator", {})),
+        "data": _data(cfg.get("data", {})),
+        "model": _model(cfg["model"]),
+        "train": _train(cfg.get("train", {})),
+    }

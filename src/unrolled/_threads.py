@@ -6,6 +6,7 @@ core busy it makes them many times slower. ``ONE_THREAD_BELOW`` is the size wher
 threads stopped losing on a two-core machine with a busy neighbour (issue #9).
 ``threads(n)`` sets the count for a block and restores the caller's afterwards.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

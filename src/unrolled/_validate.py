@@ -4,10 +4,11 @@ Every public function converts its inputs here, so that a wrong shape, a NaN or 
 negative regularisation weight gives one clear error naming the argument instead
 of a traceback from deep inside torch.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,16 +49,20 @@ def to_tensor(value, name: str, *, dtype=None, device=None) -> torch.Tensor:
     if t.is_complex():
         raise TypeError(f"{name} must be real, got a complex {t.dtype}")
     if dtype is None:  # integers/bools: float64 from NumPy (NumPy's default), torch's default otherwise
-        dtype = t.dtype if t.dtype in _FLOATS else (torch.get_default_dtype() if isinstance(value, torch.Tensor)
-                                                    else torch.float64)
+        dtype = (
+            t.dtype
+            if t.dtype in _FLOATS
+            else (torch.get_default_dtype() if isinstance(value, torch.Tensor) else torch.float64)
+        )
     t = t.to(dtype=dtype, device=device)
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf")
     return t
 
 
-def as_batch(value, name: str, width: int | None = None, *, dtype=None, device=None,
-             nonnegative: bool = False) -> tuple[torch.Tensor, Kind]:
+def as_batch(
+    value, name: str, width: int | None = None, *, dtype=None, device=None, nonnegative: bool = False
+) -> tuple[torch.Tensor, Kind]:
     """Signals as rows: accept shape (width,) or (batch, width); return a 2-D tensor and its kind."""
     kind = Kind(numpy=not isinstance(value, torch.Tensor), vector=np.ndim(value) == 1)
     t = to_tensor(value, name, dtype=dtype, device=device)

@@ -15,11 +15,12 @@ candidate; Lasso: FISTA with restart and support polish from the answer).
 Measured in ``unrolled bench`` (set ``certified``); the Lasso networks' supports are rarely exact,
 so there the refinement is FISTA from a better start.
 """
+
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -135,7 +136,7 @@ def support_least_squares(G: torch.Tensor, aty: torch.Tensor, X: torch.Tensor, r
     vals, idx = X.topk(k, dim=1)
     valid = vals > 0
     Gs = G[idx.unsqueeze(2), idx.unsqueeze(1)].masked_fill_(~(valid.unsqueeze(2) & valid.unsqueeze(1)), 0.0)
-    Gs.diagonal(dim1=1, dim2=2).add_(~valid)   # identity on the unused slots
+    Gs.diagonal(dim1=1, dim2=2).add_(~valid)  # identity on the unused slots
     L, info = torch.linalg.cholesky_ex(Gs)
     xs = torch.cholesky_solve((aty.gather(1, idx) * valid).unsqueeze(2), L).squeeze(2) * valid
     out = torch.zeros_like(X).scatter_(1, idx, xs).clamp_(min=0)
@@ -147,8 +148,9 @@ def _support_candidates(problem, Y, X):
     op = problem.op
     if isinstance(problem, Lasso):
         from .algorithms.lasso import support_polish
+
         out = X.clone()
-        rows = ((X != 0).sum(1) <= op.m).nonzero().squeeze(1)   # a larger support has no unique solution on it
+        rows = ((X != 0).sum(1) <= op.m).nonzero().squeeze(1)  # a larger support has no unique solution on it
         if len(rows):
             out[rows] = support_polish(op.gram, op.adjoint(Y[rows]), X[rows], problem.lam)[0]
         return out
@@ -172,11 +174,12 @@ def _support_step(problem, Y, X, tol):
 def _exact_solver(problem, Y, X0, *, tol, max_iter, method, options):
     """The solver run on the rows the support step did not certify, from the network's answers."""
     from .solvers import lasso, nnls
+
     dense = isinstance(problem.op, DenseOperator)
     if isinstance(problem, Lasso):
         if method is None:
             method, options = "fista", ({"restart": True, "polish": True} if dense else {"restart": True}) | options
-        if getattr(problem, "positive", False):   # (a non-negative Lasso, where the problem has that option)
+        if getattr(problem, "positive", False):  # (a non-negative Lasso, where the problem has that option)
             options = {"positive": True} | options
         return lasso(problem.op, Y, problem.lam, method, tol=tol, max_iter=max_iter, x0=X0, **options)
     if method is None:
@@ -266,10 +269,15 @@ class _History:
     def arrays(self, vector: bool) -> dict:
         """Per-row ``objective`` / ``certificate`` (stages, batch) and their per-stage summaries."""
         cert, obj = torch.stack(self.cert), torch.stack(self.obj)
-        out = {"iteration": np.asarray(self.iteration), "time": np.asarray(self.time),
-               "objective_mean": obj.mean(1).numpy(), "certificate_max": cert.amax(1).numpy(),
-               "certificate_median": cert.median(1).values.numpy(),
-               "objective": obj.numpy(), "certificate": cert.numpy()}
+        out = {
+            "iteration": np.asarray(self.iteration),
+            "time": np.asarray(self.time),
+            "objective_mean": obj.mean(1).numpy(),
+            "certificate_max": cert.amax(1).numpy(),
+            "certificate_median": cert.median(1).values.numpy(),
+            "objective": obj.numpy(),
+            "certificate": cert.numpy(),
+        }
         if vector:
             out["objective"], out["certificate"] = out["objective"][:, 0], out["certificate"][:, 0]
         return out

@@ -1,4 +1,5 @@
 """The ``unrolled`` command: reproduce, train, solve, bench, demo."""
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ def _load_array(path: str, key: str | None = None, what: str = "array", mmap: bo
 def _operator_from(cfg: dict, seed: int):
     """The operator of ``[operator]``: ``file`` (.npy/.npz) or ``kind`` with m, n; None if absent."""
     from .data import make_operator
+
     if "file" in cfg:
         return _load_array(cfg["file"], cfg.get("key"), "operator")
     if "kind" in cfg:
@@ -60,18 +62,22 @@ def _operator_from(cfg: dict, seed: int):
 def _check_size(rows: int, A, gen, params: dict) -> None:
     """Refuse data that cannot fit in memory before allocating it."""
     import inspect
+
     defaults = {k: p.default for k, p in inspect.signature(gen).parameters.items()}
     m, n = A.shape if A is not None else (params.get("m", defaults.get("m", 1)), params.get("n", defaults.get("n", 1)))
     need = 4 * 8 * rows * (m + n)  # Y, X and the generator's temporaries, float64
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > have:
-        raise UsageError(f"[data] n_train + n_val = {rows} signals of {m}×{n} need ~{need / 2**30:.0f} GiB; "
-                         f"this machine has {have / 2**30:.0f} GiB")
+        raise UsageError(
+            f"[data] n_train + n_val = {rows} signals of {m}×{n} need ~{need / 2**30:.0f} GiB; "
+            f"this machine has {have / 2**30:.0f} GiB"
+        )
 
 
 def _data_from(cfg: dict, A, seed: int):
     """(A, Y, X, Y_val, X_val) from an .npz file (Y and optionally X) or a named generator."""
     from .data import GENERATORS
+
     if "file" in cfg:
         if A is None:
             raise UsageError("[data] file = ... needs an [operator]")
@@ -85,7 +91,10 @@ def _data_from(cfg: dict, A, seed: int):
         n_val = cfg["n_val"]
         _check_size(cfg["n_train"] + n_val, A, gen, params)
         A, Y, X = gen(cfg["n_train"] + n_val, A=A, seed=seed, **params)
-    split = (lambda Z: (Z[n_val:], Z[:n_val] if n_val else None) if Z is not None else (None, None))
+
+    def split(Z):
+        return (Z[n_val:], Z[:n_val] if n_val else None) if Z is not None else (None, None)
+
     (Y, Yv), (X, Xv) = split(Y), split(X)
     return A, Y, X, Yv, Xv
 
@@ -97,6 +106,7 @@ def _out_dir(args, cfg: dict, cfg_path: Path) -> Path:
     """The run's folder, created, without temp files of killed writes; with --fresh, also
     without a previous run's files."""
     from .nets.base import remove_stale_temps
+
     out = Path(args.out or cfg.get("out", Path("runs") / cfg_path.stem))
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
@@ -115,6 +125,7 @@ def _out_dir(args, cfg: dict, cfg_path: Path) -> Path:
 
 def _checkpoint_epoch(path: Path) -> int:
     from .nets.base import load_tensors
+
     try:
         return int(load_tensors(path)[1]["epoch"]) if path.exists() else 0
     except (ValueError, KeyError, TypeError):
@@ -123,6 +134,7 @@ def _checkpoint_epoch(path: Path) -> int:
 
 def _dtype(name: str):
     import torch
+
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
@@ -130,6 +142,7 @@ def _read_config(path: Path) -> dict:
     import tomllib
 
     from ._config import resolve
+
     if not path.is_file():
         raise UsageError(f"config not found: {path}")
     try:
@@ -144,6 +157,7 @@ def _build(cfg: dict, n_threads: int | None):
 
     from ._threads import threads
     from .nets import NETS
+
     torch.manual_seed(cfg["seed"])
     with threads(n_threads):
         A = _operator_from(cfg["operator"], cfg["seed"])
@@ -157,6 +171,7 @@ def cmd_train(args) -> int:
     import unrolled as ur
 
     from .training import data_fingerprint, resume_conflict
+
     cfg_path = Path(args.config)
     cfg = _read_config(cfg_path)
     out = _out_dir(args, cfg, cfg_path)
@@ -174,17 +189,31 @@ def cmd_train(args) -> int:
     loss = tcfg.get("loss", "supervised")
     val = None if Yv is None else (Yv, Xv) if Xv is not None and loss != "unsupervised" else Yv
     try:
-        hist = ur.train(net, Y, X if loss == "supervised" else None, val=val, seed=seed, progress=not args.quiet,
-                        checkpoint=ckpt, threads=args.threads, run=run, **tcfg)
+        hist = ur.train(
+            net,
+            Y,
+            X if loss == "supervised" else None,
+            val=val,
+            seed=seed,
+            progress=not args.quiet,
+            checkpoint=ckpt,
+            threads=args.threads,
+            run=run,
+            **tcfg,
+        )
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; rerun to resume from epoch {_checkpoint_epoch(ckpt)}") from None
     except OSError as exc:
-        raise Failure(f"{exc.strerror or exc} writing {exc.filename or out}; the last checkpoint "
-                      f"(epoch {_checkpoint_epoch(ckpt)}) is intact: free space and rerun to resume") from None
+        raise Failure(
+            f"{exc.strerror or exc} writing {exc.filename or out}; the last checkpoint "
+            f"(epoch {_checkpoint_epoch(ckpt)}) is intact: free space and rerun to resume"
+        ) from None
     net.save(out / "model.safetensors", extra={"train": tcfg})
     (out / "history.json").write_text(json.dumps(hist.to_dict(), indent=2))
-    print(f"trained {name} (depth {net.depth}) in {hist.seconds:.1f} s; best validation loss "
-          f"{hist.best_loss:.6g} at epoch {hist.best_epoch + 1}; model: {out / 'model.safetensors'}")
+    print(
+        f"trained {name} (depth {net.depth}) in {hist.seconds:.1f} s; best validation loss "
+        f"{hist.best_loss:.6g} at epoch {hist.best_epoch + 1}; model: {out / 'model.safetensors'}"
+    )
     return 0
 
 
@@ -192,6 +221,7 @@ def _model_solver(args):
     import torch
 
     import unrolled as ur
+
     try:
         net = ur.load(args.model)
     except (KeyError, AttributeError, IndexError) as exc:  # metadata that passed the digest but builds nothing
@@ -200,11 +230,16 @@ def _model_solver(args):
         net.check_operator(_load_array(args.operator, None, "operator"))
 
     if args.refine:
+
         def apply(Y):
             res = ur.refine(net, np.array(Y), tol=args.tol, max_iter=args.max_iter)
             return res.x, np.asarray(res.converged), np.asarray(res.n_iter), res.history["certificate"][-1]
-        return apply, {"model": args.model, "net": type(net).__name__, "depth": net.depth, "refine": True,
-                       "tol": args.tol}, (net.m, net.n)
+
+        return (
+            apply,
+            {"model": args.model, "net": type(net).__name__, "depth": net.depth, "refine": True, "tol": args.tol},
+            (net.m, net.n),
+        )
 
     def apply(Y):
         Y_t = torch.as_tensor(np.array(Y), dtype=net.operator.dtype)
@@ -212,11 +247,13 @@ def _model_solver(args):
             X = net(Y_t)
         cert = net.certify(Y_t, X).certificate.numpy() if args.certificates else None
         return X.numpy(), None, None, cert
+
     return apply, {"model": args.model, "net": type(net).__name__, "depth": net.depth}, (net.m, net.n)
 
 
 def _method_solver(args):
     import unrolled as ur
+
     if not args.operator:
         raise UsageError("--method needs --operator A.npy")
     if args.refine or args.certificates:
@@ -225,19 +262,27 @@ def _method_solver(args):
     if args.method in ur.solvers.LASSO_METHODS:
         if args.lam is None:
             raise UsageError(f"{args.method} solves a Lasso: give --lam")
-        solve = lambda Y: ur.lasso(A, Y, args.lam, args.method, tol=args.tol, max_iter=args.max_iter)
+
+        def solve(Y):
+            return ur.lasso(A, Y, args.lam, args.method, tol=args.tol, max_iter=args.max_iter)
     elif args.method in ur.solvers.NNLS_METHODS:
         if args.lam is not None:
-            raise UsageError(f"--lam is for Lasso methods ({', '.join(ur.solvers.LASSO_METHODS)}); "
-                             f"{args.method} solves an NNLS")
-        solve = lambda Y: ur.nnls(A, Y, args.method, tol=args.tol, max_iter=args.max_iter)
+            raise UsageError(
+                f"--lam is for Lasso methods ({', '.join(ur.solvers.LASSO_METHODS)}); {args.method} solves an NNLS"
+            )
+
+        def solve(Y):
+            return ur.nnls(A, Y, args.method, tol=args.tol, max_iter=args.max_iter)
     else:
-        raise UsageError(f"--method {args.method!r} unknown; choose one of "
-                         f"{', '.join([*ur.solvers.NNLS_METHODS, *ur.solvers.LASSO_METHODS])}")
+        raise UsageError(
+            f"--method {args.method!r} unknown; choose one of "
+            f"{', '.join([*ur.solvers.NNLS_METHODS, *ur.solvers.LASSO_METHODS])}"
+        )
 
     def apply(Y):
         res = solve(np.array(Y))  # a writable copy of the memory-mapped chunk
         return res.x, np.asarray(res.converged), np.asarray(res.n_iter), None
+
     return apply, {"method": args.method, "lam": args.lam, "tol": args.tol}, A.shape
 
 
@@ -278,8 +323,9 @@ class _NpyWriter:
             shape = (X.shape[1],) if self.vector else (self.rows, X.shape[1])
             self.dtype = X.dtype
             self.fh = open(self.path, "wb")  # noqa: SIM115 - closed by close(), across chunks
-            np.lib.format.write_array_header_2_0(self.fh, {"descr": np.lib.format.dtype_to_descr(X.dtype),
-                                                           "fortran_order": False, "shape": shape})
+            np.lib.format.write_array_header_2_0(
+                self.fh, {"descr": np.lib.format.dtype_to_descr(X.dtype), "fortran_order": False, "shape": shape}
+            )
         self.fh.write(np.ascontiguousarray(X, dtype=self.dtype).tobytes())
 
     def close(self) -> None:
@@ -306,6 +352,7 @@ def cmd_solve(args) -> int:
 
     from ._threads import default_threads, threads
     from ._validate import positive_int
+
     chunk = positive_int(args.chunk, "--chunk")
     Y = _load_array(args.input, args.key, "input", mmap=True)
     if Y.ndim not in (1, 2) or Y.size == 0:
@@ -325,7 +372,7 @@ def cmd_solve(args) -> int:
     try:
         with threads(n_threads):
             for i in tqdm(range(0, len(rows), chunk), desc="solve", unit="chunk", disable=args.quiet):
-                X, conv, its, cert = apply(rows[i:i + chunk])
+                X, conv, its, cert = apply(rows[i : i + chunk])
                 writer.write(np.atleast_2d(X))
                 if conv is not None:
                     converged += float(np.sum(conv))
@@ -350,6 +397,7 @@ def cmd_solve(args) -> int:
 def cmd_reproduce(args) -> int:
     from ._threads import threads
     from .experiments import available, reproduce
+
     if args.list or not args.name:
         for name, e in available().items():
             print(f"{name:26s} {e['paper']:12s} {e['what']}")
@@ -361,6 +409,7 @@ def cmd_reproduce(args) -> int:
 
 def cmd_demo(args) -> int:
     from .experiments.xie2019 import demo
+
     demo(Path(args.out), quick=args.quick)
     return 0
 
@@ -400,10 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lam", type=float, default=None)
     s.add_argument("--tol", type=float, default=1e-6)
     s.add_argument("--max-iter", type=int, default=10_000)
-    s.add_argument("--certificates", default=None,
-                   help="--model: write each problem's optimality certificate to this .npy (median and worst are printed)")
-    s.add_argument("--refine", action="store_true",
-                   help="--model: refine the network's answers until each is certified to --tol")
+    s.add_argument(
+        "--certificates",
+        default=None,
+        help="--model: write each problem's optimality certificate to this .npy (median and worst are printed)",
+    )
+    s.add_argument(
+        "--refine", action="store_true", help="--model: refine the network's answers until each is certified to --tol"
+    )
     s.add_argument("--chunk", type=int, default=65536, help="rows solved at a time (bounds the memory)")
     s.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     s.add_argument("--quiet", action="store_true")
@@ -446,6 +499,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its options belong to bench.main
         from .bench import main as bench_main
+
         bench_main(argv[1:])
         return 0
     return _run(build_parser().parse_args(argv))

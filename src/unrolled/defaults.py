@@ -7,11 +7,12 @@ logarithms or gains of order one, move faster than the matrices. Parameters that
 names train at the base rate. The recipes were tuned on settings that no experiment uses
 (README, "Training defaults"); the ``unrolled train`` CLI inherits them through ``ur.train``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-AUTO = "auto"   # ``clip``'s "the family's default" (None already means "no clipping")
+AUTO = "auto"  # ``clip``'s "the family's default" (None already means "no clipping")
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Recipe:
 
 
 GENERIC = Recipe(lr=1e-3, batch_size=200, epochs=100, clip=1.0)
-_STEPS_THRESHOLDS = ((("a.", "b."), 10.0),)          # LISTA family: log-steps α and log-thresholds β
+_STEPS_THRESHOLDS = ((("a.", "b."), 10.0),)  # LISTA family: log-steps α and log-thresholds β
 
 # keyed by public class name; a class not listed takes the first listed base class's recipe.
 # The NNLS nets keep the generic recipe: on a 30×60 |N(0,1)| NNLS of our own LAPGD-3 trained with
@@ -71,9 +72,13 @@ def resolve(net, *, lr, batch_size, epochs, clip, params) -> tuple:
     parameters are all steps (SLISTA) too."""
     r = recipe_for(net)
     groups = parameter_groups(net, r) if params is None and lr is None else params
-    return (r.lr if lr is None else lr, r.batch_size if batch_size is None else batch_size,
-            r.epochs if epochs is None else epochs, r.clip if isinstance(clip, str) and clip == AUTO else clip,
-            groups)
+    return (
+        r.lr if lr is None else lr,
+        r.batch_size if batch_size is None else batch_size,
+        r.epochs if epochs is None else epochs,
+        r.clip if isinstance(clip, str) and clip == AUTO else clip,
+        groups,
+    )
 
 
 __all__ = ["Recipe", "FAMILIES", "GENERIC", "AUTO", "recipe_for", "parameter_groups", "resolve"]

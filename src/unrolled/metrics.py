@@ -3,6 +3,7 @@
 Inputs may be NumPy arrays or torch tensors. Per-row metrics return a tensor (or NumPy
 array, following the input kind) of shape (batch,); aggregate metrics return a float.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ def _pair(X_hat, X, names=("X_hat", "X")):
     A, kind = as_batch(X_hat, names[0], dtype=torch.float64)
     B, _ = as_batch(X, names[1], dtype=torch.float64)
     if A.shape != B.shape:
-        raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got {tuple(A.shape)} and "
-                         f"{tuple(B.shape)}")
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape, got {tuple(A.shape)} and {tuple(B.shape)}"
+        )
     return A, B, kind
 
 
@@ -57,13 +59,17 @@ def objective_gap(problem, X_hat, Y, F_star=None):
     problem = _as_float64(problem)
     if F_star is None:
         F_star = lasso_optimum(problem, Yt)[1]
-    F_star = torch.as_tensor(np.asarray(F_star, dtype=np.float64)) if not isinstance(F_star, torch.Tensor) \
+    F_star = (
+        torch.as_tensor(np.asarray(F_star, dtype=np.float64))
+        if not isinstance(F_star, torch.Tensor)
         else F_star.to(torch.float64)
+    )
     return _out(problem.objective(Xh, Yt) - F_star.reshape(-1), kind)
 
 
 def _as_float64(problem):
-    from .problems import Lasso, NNLS
+    from .problems import NNLS, Lasso
+
     if problem.op.dtype == torch.float64:
         return problem
     op = problem.op.to(dtype=torch.float64)
@@ -72,14 +78,14 @@ def _as_float64(problem):
 
 def lasso_optimum(problem, Y, *, tol: float = 1e-10, max_iter: int = 100_000):
     """(z*, F(z*)) for every row of ``Y`` by FISTA with restart to a relative duality gap ``tol``."""
-    from .solvers import lasso
     from .problems import Lasso
+    from .solvers import lasso
+
     if not isinstance(problem, Lasso):
         raise TypeError("lasso_optimum needs a unrolled.problems.Lasso problem")
     problem = _as_float64(problem)
     Yt, _ = as_batch(Y, "Y", dtype=torch.float64)
-    res = lasso(problem.op, Yt, problem.lam, method="fista", restart=True, tol=tol, max_iter=max_iter,
-                check_every=20)
+    res = lasso(problem.op, Yt, problem.lam, method="fista", restart=True, tol=tol, max_iter=max_iter, check_every=20)
     Z = res.x if res.x.dim() == 2 else res.x[None]
     return Z, problem.objective(Z, Yt)
 

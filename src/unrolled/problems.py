@@ -4,6 +4,7 @@ All functions act on row batches: X (batch, n), Y (batch, m); they return one va
 per row. A certificate is zero exactly at an optimum and is scale-free, so that
 ``tol`` means the same thing for every problem.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,10 +33,12 @@ def column_norms(op: Operator, chunk: int = 256) -> torch.Tensor:
     if isinstance(op, DenseOperator):
         c = row_norm(op.A.T)
     else:
+
         def basis(j):  # e_j, …, e_{j+chunk−1} as rows
             rows = torch.arange(j, min(j + chunk, op.n), device=op.device)
             E = torch.zeros(len(rows), op.n, dtype=op.dtype, device=op.device)
             return E.scatter_(1, rows.unsqueeze(1), 1.0)
+
         c = torch.cat([row_norm(op.forward(basis(j))) for j in range(0, op.n, chunk)])
     return torch.where(c > 0, c, torch.ones_like(c))
 
@@ -195,6 +198,7 @@ class MLBP:
     def chain(self, G):
         """[γ̂_0 = D_(1,L)γ, γ̂_1, …, γ̂_L = γ]: the representations of every layer."""
         from .algorithms.mlbp import representations
+
         return representations(self.ops, G)
 
     def objective(self, G, Y):
@@ -213,6 +217,7 @@ class MLBP:
         :meth:`duality_gap`.
         """
         from .algorithms.mlbp import ml_ista_layers
+
         thresholds = [mu * lam for mu, lam in zip(self.mus, self.lams)]
         duals = []
         for i, (v, z) in enumerate(ml_ista_layers(self.chain(G), Y, self.ops, self.etas, thresholds), start=1):
@@ -267,4 +272,3 @@ class MLBP:
     def relative_gap(self, G, Y, W=None):
         """(F(γ) − D)/F(γ) ≥ (F(γ) − F*)/F(γ): a certificate of the stated problem (0/0 = 0)."""
         return ratio(self.duality_gap(G, Y, W).clamp_min(0), self.objective(G, Y))
-

@@ -8,9 +8,11 @@
 Both are :class:`typing.Protocol` s: a class satisfies one by having the members, not by
 inheriting from it (``isinstance`` works for the required members).
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 

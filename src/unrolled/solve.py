@@ -7,10 +7,11 @@ batch, checks the problem's certificate before the first step and then every
 ``check_every`` iterations, and drops the rows that have converged from the working
 batch, so that easy problems stop costing time while hard ones finish.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,8 +62,10 @@ class Result:
 
 def _take(state: dict, rows: torch.Tensor, batch: int) -> dict:
     """Keep only ``rows`` of every per-problem tensor in ``state``."""
-    return {k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == batch else v)
-            for k, v in state.items()}
+    return {
+        k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == batch else v)
+        for k, v in state.items()
+    }
 
 
 class _History:
@@ -70,8 +73,7 @@ class _History:
 
     def __init__(self, full: bool):
         self.full = full
-        self.rows = {k: [] for k in ("iteration", "time", "objective_mean", "certificate_max",
-                                     "certificate_median")}
+        self.rows = {k: [] for k in ("iteration", "time", "objective_mean", "certificate_max", "certificate_median")}
         if full:
             self.rows.update(objective=[], certificate=[])
 
@@ -95,9 +97,20 @@ class _History:
         return out
 
 
-def iterate(method, problem, Y: torch.Tensor, X0: torch.Tensor | None, *, tol: float, max_iter: int,
-            check_every: int = 1, progress: bool = False, kind: Kind | None = None,
-            history: str = "summary", chunk: int | None = CHUNK) -> Result:
+def iterate(
+    method,
+    problem,
+    Y: torch.Tensor,
+    X0: torch.Tensor | None,
+    *,
+    tol: float,
+    max_iter: int,
+    check_every: int = 1,
+    progress: bool = False,
+    kind: Kind | None = None,
+    history: str = "summary",
+    chunk: int | None = CHUNK,
+) -> Result:
     """Run ``method`` on every row of ``Y`` until ``problem.certificate <= tol`` or ``max_iter``.
 
     The certificate is checked at the start too, so a warm start already within ``tol``
@@ -115,7 +128,9 @@ def iterate(method, problem, Y: torch.Tensor, X0: torch.Tensor | None, *, tol: f
     if full or chunk is None or Y.shape[0] <= chunk:
         out = _run(Y, X0, *args)
         return finish(*out[:5], out[5].arrays(bool(kind and kind.vector)), out[6], kind)
-    parts = [_run(Y[i:i + chunk], None if X0 is None else X0[i:i + chunk], *args) for i in range(0, Y.shape[0], chunk)]
+    parts = [
+        _run(Y[i : i + chunk], None if X0 is None else X0[i : i + chunk], *args) for i in range(0, Y.shape[0], chunk)
+    ]
     merged = [torch.cat([p[j] for p in parts]) for j in range(5)]
     hists = [p[5].arrays(False) for p in parts]
     history = {key: np.concatenate([h[key] for h in hists]) for key in hists[0]}
@@ -187,10 +202,11 @@ def _run(Y, X0, method, problem, tol, max_iter, check_every, progress, full):
 def finish(x, n_iter, converged, obj, cert, history: dict, certified: str, kind: Kind | None) -> Result:
     """Package per-problem tensors as a :class:`Result` in the caller's kind."""
     if kind is None:
-        return Result(x, n_iter.numpy(), converged.numpy(), history, obj.cpu().numpy(), cert.cpu().numpy(),
-                      certified)
+        return Result(x, n_iter.numpy(), converged.numpy(), history, obj.cpu().numpy(), cert.cpu().numpy(), certified)
     if kind.vector:
-        return Result(kind.restore(x), int(n_iter[0]), bool(converged[0]), history, float(obj[0]),
-                      float(cert[0]), certified)
-    return Result(kind.restore(x), n_iter.numpy(), converged.numpy(), history, obj.cpu().numpy(),
-                  cert.cpu().numpy(), certified)
+        return Result(
+            kind.restore(x), int(n_iter[0]), bool(converged[0]), history, float(obj[0]), float(cert[0]), certified
+        )
+    return Result(
+        kind.restore(x), n_iter.numpy(), converged.numpy(), history, obj.cpu().numpy(), cert.cpu().numpy(), certified
+    )

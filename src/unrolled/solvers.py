@@ -13,6 +13,7 @@ the Lasso by FISTA with adaptive restart and support polish, iterating in float3
 data are float64 and fit float32's range (the certificate stays in float64); ML-BP by ADMM, certified by
 its relative duality gap. The papers' variants stay available by name with their defaults.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,8 @@ import torch
 
 from ._validate import as_batch, choice, nonnegative_float
 from .algorithms.active_set import ActiveSet
-from .algorithms.lasso import ADMM as LassoADMM, FISTA, ISTA, OISTA
+from .algorithms.lasso import ADMM as LassoADMM
+from .algorithms.lasso import FISTA, ISTA, OISTA
 from .algorithms.mlbp import METHODS as MLBP_METHODS
 from .algorithms.mlbp import LayeredBP
 from .algorithms.nnls import APGD, OGD, PGD
@@ -54,18 +56,24 @@ def _check_scale(op: Operator, Y: torch.Tensor, name: str) -> None:
     except OverflowError:  # float(s) ** 2 in Python
         L = math.inf
     if not math.isfinite(L):
-        raise ValueError(f"{name} is too large: ‖{name}‖₂² overflows (inf); rescale {name} and Y "
-                         f"(norms must lie in [{lo:.1e}, {hi:.1e}] for {Y.dtype})")
+        raise ValueError(
+            f"{name} is too large: ‖{name}‖₂² overflows (inf); rescale {name} and Y "
+            f"(norms must lie in [{lo:.1e}, {hi:.1e}] for {Y.dtype})"
+        )
     norm = math.sqrt(L)
     if L > 0 and not lo <= norm <= hi:
-        raise ValueError(f"{name} is out of range: ‖{name}‖₂ = {norm:.1e}, outside [{lo:.1e}, {hi:.1e}] "
-                         f"for {Y.dtype} (its products would over- or underflow); rescale {name} and Y")
+        raise ValueError(
+            f"{name} is out of range: ‖{name}‖₂ = {norm:.1e}, outside [{lo:.1e}, {hi:.1e}] "
+            f"for {Y.dtype} (its products would over- or underflow); rescale {name} and Y"
+        )
     if L == 0 and isinstance(op, DenseOperator) and bool((op.A != 0).any()):
         raise ValueError(f"{name} is too small: ‖{name}‖₂² underflows to 0; rescale {name} and Y")
     peak = float(Y.abs().max())
     if peak > 0 and not lo <= peak <= hi:
-        raise ValueError(f"Y is out of range: max |y| = {peak:.1e}, outside [{lo:.1e}, {hi:.1e}] "
-                         f"for {Y.dtype} (½‖y‖² would over- or underflow); rescale {name} and Y")
+        raise ValueError(
+            f"Y is out of range: max |y| = {peak:.1e}, outside [{lo:.1e}, {hi:.1e}] "
+            f"for {Y.dtype} (½‖y‖² would over- or underflow); rescale {name} and Y"
+        )
     if L > 0 and not bool(torch.isfinite(op.adjoint(Y)).all()):
         raise ValueError(f"{name}ᵀY overflows (inf); rescale {name} and Y")
 
@@ -101,10 +109,16 @@ def _zero_answer(problem, n: int, Y: torch.Tensor, kind, certified: str) -> Resu
     X = torch.zeros(B, n, dtype=Y.dtype, device=Y.device)
     obj = 0.5 * Y.pow(2).sum(1)
     cert = torch.zeros_like(obj)
-    history = {"iteration": np.zeros(1, dtype=int), "time": np.zeros(1), "objective_mean": np.asarray([float(obj.mean())]),
-               "certificate_max": np.zeros(1), "certificate_median": np.zeros(1)}
-    return finish(X, torch.zeros(B, dtype=torch.long), torch.ones(B, dtype=torch.bool), obj, cert, history,
-                  certified, kind)
+    history = {
+        "iteration": np.zeros(1, dtype=int),
+        "time": np.zeros(1),
+        "objective_mean": np.asarray([float(obj.mean())]),
+        "certificate_max": np.zeros(1),
+        "certificate_median": np.zeros(1),
+    }
+    return finish(
+        X, torch.zeros(B, dtype=torch.long), torch.ones(B, dtype=torch.bool), obj, cert, history, certified, kind
+    )
 
 
 def _nnls_route(op: Operator) -> tuple[str, dict]:
@@ -115,8 +129,19 @@ def _nnls_route(op: Operator) -> tuple[str, dict]:
 
 
 # -- public functions ------------------------------------------------------------
-def nnls(A, Y, method: str | None = None, *, tol: float = 1e-6, max_iter: int = 10_000, x0=None,
-         check_every: int = 10, progress: bool = False, history: str = "summary", **options) -> Result:
+def nnls(
+    A,
+    Y,
+    method: str | None = None,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 10_000,
+    x0=None,
+    check_every: int = 10,
+    progress: bool = False,
+    history: str = "summary",
+    **options,
+) -> Result:
     """Non-negative least squares for every row y of ``Y``: min_x ½‖Ax − y‖² s.t. x ≥ 0.
 
     Parameters
@@ -178,17 +203,30 @@ def _finish_by_active_set(problem: NNLS, Y: torch.Tensor, res: Result, kind, run
     rows = (~conv).nonzero().squeeze(1)
     if len(rows):
         k = min(problem.op.shape)
-        rest = iterate(ActiveSet(problem), problem, Y[rows], x[rows], **run, chunk=max(1, 2 ** 24 // k ** 2))
+        rest = iterate(ActiveSet(problem), problem, Y[rows], x[rows], **run, chunk=max(1, 2**24 // k**2))
         x[rows], n_iter[rows] = rest.x, n_iter[rows] + torch.as_tensor(rest.n_iter)
-        conv[rows], obj[rows], cert[rows] = (torch.as_tensor(v) for v in (rest.converged, rest.objective,
-                                                                          rest.certificate))
+        conv[rows], obj[rows], cert[rows] = (
+            torch.as_tensor(v) for v in (rest.converged, rest.objective, rest.certificate)
+        )
         res.history["active_set"] = rest.history
     return finish(x, n_iter, conv, obj, cert, res.history, res.certified, kind)
 
 
-def lasso(D, Y, lam: float, method: str | None = None, *, positive: bool = False, tol: float = 1e-6,
-          max_iter: int = 10_000, x0=None, check_every: int = 10, progress: bool = False,
-          history: str = "summary", **options) -> Result:
+def lasso(
+    D,
+    Y,
+    lam: float,
+    method: str | None = None,
+    *,
+    positive: bool = False,
+    tol: float = 1e-6,
+    max_iter: int = 10_000,
+    x0=None,
+    check_every: int = 10,
+    progress: bool = False,
+    history: str = "summary",
+    **options,
+) -> Result:
     """The Lasso for every row y of ``Y``: min_z ½‖Dz − y‖² + λ‖z‖₁ (z ≥ 0 if ``positive``).
 
     λ is scikit-learn's ``alpha`` × n_samples (n_samples = m): ``sklearn.linear_model.Lasso``
@@ -232,12 +270,24 @@ def lasso(D, Y, lam: float, method: str | None = None, *, positive: bool = False
         options = {**defaults, **options}
     choice(method, "method", LASSO_METHODS)
     if positive and (method in ("oista", "admm") or options.get("polish")):
-        raise ValueError(f"positive=True works with ista and fista without polish, not with method={method!r}"
-                         f"{' and polish' if options.get('polish') else ''}")
+        raise ValueError(
+            f"positive=True works with ista and fista without polish, not with method={method!r}"
+            f"{' and polish' if options.get('polish') else ''}"
+        )
     if op.lipschitz == 0:
         return _zero_answer(problem, op.n, Y_t, kind, problem.certified)
-    return iterate(LASSO_METHODS[method](problem, **options), problem, Y_t, X0, tol=tol, max_iter=max_iter,
-                   check_every=check_every, progress=progress, kind=kind, history=history)
+    return iterate(
+        LASSO_METHODS[method](problem, **options),
+        problem,
+        Y_t,
+        X0,
+        tol=tol,
+        max_iter=max_iter,
+        check_every=check_every,
+        progress=progress,
+        kind=kind,
+        history=history,
+    )
 
 
 def _is_seq(v) -> bool:
@@ -247,8 +297,9 @@ def _is_seq(v) -> bool:
 def _parse_ml_bp(args):
     """Both call forms of :func:`ml_bp` → (Ds, Y, lams, method-or-None)."""
     if not args:
-        raise TypeError("ml_bp needs dictionaries, Y and λ: ml_bp([D1, D2], Y, [lam1, lam2]) or "
-                        "ml_bp(D1, D2, Y, lam1, lam2)")
+        raise TypeError(
+            "ml_bp needs dictionaries, Y and λ: ml_bp([D1, D2], Y, [lam1, lam2]) or ml_bp(D1, D2, Y, lam1, lam2)"
+        )
     if _is_seq(args[0]):
         if len(args) not in (3, 4):
             raise TypeError(f"ml_bp(Ds, Y, lams[, method]) takes 3 or 4 positional arguments, got {len(args)}")
@@ -257,10 +308,9 @@ def _parse_ml_bp(args):
             lams = [lams]
         return list(Ds), Y, list(lams), (args[3] if len(args) == 4 else None)
     if len(args) % 2 == 0 or len(args) < 3:
-        raise TypeError("ml_bp(D1, ..., DL, Y, lam1, ..., lamL) takes 2L + 1 positional arguments, "
-                        f"got {len(args)}")
+        raise TypeError(f"ml_bp(D1, ..., DL, Y, lam1, ..., lamL) takes 2L + 1 positional arguments, got {len(args)}")
     L = (len(args) - 1) // 2
-    return list(args[:L]), args[L], list(args[L + 1:]), None
+    return list(args[:L]), args[L], list(args[L + 1 :]), None
 
 
 def _ml_bp_setup(Ds, Y, lams, x0):
@@ -276,8 +326,10 @@ def _ml_bp_setup(Ds, Y, lams, x0):
     ops = [as_operator(op, dtype=dtype, device=Y_t.device) for op in ops]
     for i in range(1, len(ops)):
         if ops[i - 1].n != ops[i].m:
-            raise ValueError(f"D{i} has {ops[i - 1].n} columns but D{i + 1} has {ops[i].m} rows: "
-                             f"D_i must be (n_(i-1), n_i) so that D{i} @ D{i + 1} is defined")
+            raise ValueError(
+                f"D{i} has {ops[i - 1].n} columns but D{i + 1} has {ops[i].m} rows: "
+                f"D_i must be (n_(i-1), n_i) so that D{i} @ D{i + 1} is defined"
+            )
     Y_t, _ = as_batch(Y_t, "Y", ops[0].m, dtype=dtype)
     product = ops[-1].matrix()
     for op in reversed(ops[:-1]):
@@ -293,8 +345,17 @@ def _ml_bp_setup(Ds, Y, lams, x0):
     return ops, lams, Y_t, X0, kind, bool((product == 0).all())
 
 
-def ml_bp(*args, method: str | None = None, tol: float = 1e-6, max_iter: int = 10_000, x0=None,
-          check_every: int = 10, progress: bool = False, history: str = "summary", **options) -> Result:
+def ml_bp(
+    *args,
+    method: str | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 10_000,
+    x0=None,
+    check_every: int = 10,
+    progress: bool = False,
+    history: str = "summary",
+    **options,
+) -> Result:
     """Multi-layer basis pursuit (sulam2018 eq. 6) for every row y of ``Y``:
 
         F(γ) = ½‖y − D_(1,L)γ‖² + Σ_{i<L} λ_i‖D_(i+1,L)γ‖₁ + λ_L‖γ‖₁,   D_(i,L) = D_i⋯D_L.
@@ -338,10 +399,29 @@ def ml_bp(*args, method: str | None = None, tol: float = 1e-6, max_iter: int = 1
         return _zero_answer(None, ops[-1].n, Y_t, kind, "relative duality gap")
     problem = MLBP(ops, lams, **prob_opts)
     if method == "layered-bp":
-        return _layered(problem, Y_t, X0, tol=tol, max_iter=max_iter, check_every=check_every,
-                        progress=progress, kind=kind, **options)
-    return iterate(MLBP_METHODS[method](problem, **options), problem, Y_t, X0, tol=tol, max_iter=max_iter,
-                   check_every=check_every, progress=progress, kind=kind, history=history)
+        return _layered(
+            problem,
+            Y_t,
+            X0,
+            tol=tol,
+            max_iter=max_iter,
+            check_every=check_every,
+            progress=progress,
+            kind=kind,
+            **options,
+        )
+    return iterate(
+        MLBP_METHODS[method](problem, **options),
+        problem,
+        Y_t,
+        X0,
+        tol=tol,
+        max_iter=max_iter,
+        check_every=check_every,
+        progress=progress,
+        kind=kind,
+        history=history,
+    )
 
 
 def _layered(problem: MLBP, Y, X0, *, tol, max_iter, check_every, progress, kind, **options) -> Result:
@@ -349,8 +429,18 @@ def _layered(problem: MLBP, Y, X0, *, tol, max_iter, check_every, progress, kind
     inner = options.pop("inner", "fista")
     state, target, n_iter, conv, layers, elapsed = {"y": Y}, Y, 0, True, [], 0.0
     for i, (op, lam) in enumerate(zip(problem.ops, problem.lams), start=1):
-        res = lasso(op, target, lam, method=inner, tol=tol, max_iter=max_iter, check_every=check_every,
-                    progress=progress, x0=X0 if i == problem.L else None, **options)
+        res = lasso(
+            op,
+            target,
+            lam,
+            method=inner,
+            tol=tol,
+            max_iter=max_iter,
+            check_every=check_every,
+            progress=progress,
+            x0=X0 if i == problem.L else None,
+            **options,
+        )
         target = state[f"z{i}"] = res.x
         n_iter = n_iter + torch.as_tensor(res.n_iter)
         conv = conv & torch.as_tensor(res.converged)
@@ -360,11 +450,14 @@ def _layered(problem: MLBP, Y, X0, *, tol, max_iter, check_every, progress, kind
     method = LayeredBP(problem)
     cert = method.certificate(state)
     obj = problem.objective(G, Y)
-    history = {"iteration": np.asarray([0, int(n_iter.max())]), "time": np.asarray([0.0, elapsed]),
-               "objective_mean": np.asarray([float(problem.objective(torch.zeros_like(G), Y).mean()),
-                                             float(obj.mean())]),
-               "certificate_max": np.asarray([float("inf"), float(cert.max())]),
-               "certificate_median": np.asarray([float("inf"), float(cert.median())]), "layers": layers}
+    history = {
+        "iteration": np.asarray([0, int(n_iter.max())]),
+        "time": np.asarray([0.0, elapsed]),
+        "objective_mean": np.asarray([float(problem.objective(torch.zeros_like(G), Y).mean()), float(obj.mean())]),
+        "certificate_max": np.asarray([float("inf"), float(cert.max())]),
+        "certificate_median": np.asarray([float("inf"), float(cert.median())]),
+        "layers": layers,
+    }
     return finish(G, n_iter, conv, obj, cert, history, method.certified, kind)
 
 

@@ -9,6 +9,7 @@
 Every stage is an ordinary ``train(net, ..., depth=k, params=...)`` call: no second loop.
 Semi-supervised targets (the Lasso solutions) are computed once and reused by every stage.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,9 +38,24 @@ def _stages(stages, depth):
     return stages
 
 
-def train_staged(net, Y, X=None, *, loss: str = "supervised", stages=None, epochs_new: int = 10,
-                 epochs_all=(5, 5), lr: float = 1e-3, refine_lrs=(0.2, 0.02), refine: bool = True, val=None,
-                 on_stage=None, progress: bool = False, layer_params=None, **train_kw) -> list[dict]:
+def train_staged(
+    net,
+    Y,
+    X=None,
+    *,
+    loss: str = "supervised",
+    stages=None,
+    epochs_new: int = 10,
+    epochs_all=(5, 5),
+    lr: float = 1e-3,
+    refine_lrs=(0.2, 0.02),
+    refine: bool = True,
+    val=None,
+    on_stage=None,
+    progress: bool = False,
+    layer_params=None,
+    **train_kw,
+) -> list[dict]:
     """Train ``net`` stage by stage; stage k trains layers up to depth k (``stages``: the depths,
     default 1, 2, …, depth). The network must provide ``layer_parameters(t)``.
 
@@ -58,21 +74,46 @@ def train_staged(net, Y, X=None, *, loss: str = "supervised", stages=None, epoch
     if len(epochs_all) != len(refine_lrs):
         raise ValueError("epochs_all and refine_lrs must have the same length")
     Y_t = Y if isinstance(Y, torch.Tensor) else torch.as_tensor(Y)
-    if loss == "semi-supervised":          # cache the Lasso solutions once for all stages
+    if loss == "semi-supervised":  # cache the Lasso solutions once for all stages
         if X is None:
             X = lasso_targets(net, Y_t.to(net.operator.dtype))
         if val is not None and not isinstance(val, (tuple, list)):
             val = (val, lasso_targets(net, torch.as_tensor(val).to(net.operator.dtype)))
     records, prev = [], 0
     for k in stages:
-        hists = [train(net, Y_t, X, loss=loss, depth=k, params=_layer_params(net, range(prev, k), layer_params),
-                       epochs=positive_int(epochs_new, "epochs_new"), lr=lr, val=val, progress=progress,
-                       **train_kw)]
+        hists = [
+            train(
+                net,
+                Y_t,
+                X,
+                loss=loss,
+                depth=k,
+                params=_layer_params(net, range(prev, k), layer_params),
+                epochs=positive_int(epochs_new, "epochs_new"),
+                lr=lr,
+                val=val,
+                progress=progress,
+                **train_kw,
+            )
+        ]
         if refine:
             for f, e in zip(refine_lrs, epochs_all):
                 if e:
-                    hists.append(train(net, Y_t, X, loss=loss, depth=k, params=_layer_params(net, range(k), layer_params),
-                                       epochs=e, lr=lr * f, val=val, progress=progress, **train_kw))
+                    hists.append(
+                        train(
+                            net,
+                            Y_t,
+                            X,
+                            loss=loss,
+                            depth=k,
+                            params=_layer_params(net, range(k), layer_params),
+                            epochs=e,
+                            lr=lr * f,
+                            val=val,
+                            progress=progress,
+                            **train_kw,
+                        )
+                    )
         rec = {"depth": k, "histories": [h.to_dict() for h in hists]}
         if on_stage is not None:
             rec["result"] = on_stage(k, net)
@@ -98,10 +139,11 @@ def evaluate_layers(net, Y, X=None, *, F_star=None, batch: int = 4096) -> dict:
         Yd = torch.as_tensor(Y).to(net.operator.dtype)
         outs = [[] for _ in range(net.depth)]
         for i in range(0, Yd.shape[0], batch):
-            for t, Z in enumerate(net(Yd[i:i + batch], return_all=True)):
+            for t, Z in enumerate(net(Yd[i : i + batch], return_all=True)):
                 outs[t].append(Z)
         Y64 = Yd.to(torch.float64)
         from .metrics import _as_float64
+
         p64 = _as_float64(prob)
         for t in range(net.depth):
             Z = torch.cat(outs[t]).to(torch.float64)

@@ -6,6 +6,7 @@ halves the rate when the loss turns NaN/inf; atomic checkpoints (safetensors + J
 a killed run resumes from. Shuffling is seeded per epoch, so a resumed run follows the
 same path as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,12 +51,20 @@ class TrainHistory:
 def lasso_targets(net, Y: torch.Tensor, tol: float = 1e-10, max_iter: int = 100_000) -> torch.Tensor:
     """z*(y) for every row, by our FISTA (with restart) to a relative duality gap ≤ ``tol``."""
     from .solvers import lasso
+
     if not isinstance(net.problem, Lasso):
         raise ValueError("semi-supervised training needs a network whose problem is a Lasso (net.problem)")
     op = net.problem.op
-    D = op.frozen() if isinstance(op, LearnedOperator) else op   # the current weights, without autograd
-    res = lasso(as_operator(D, dtype=torch.float64), Y.detach().to(torch.float64), net.problem.lam, "fista",
-                restart=True, tol=tol, max_iter=max_iter)
+    D = op.frozen() if isinstance(op, LearnedOperator) else op  # the current weights, without autograd
+    res = lasso(
+        as_operator(D, dtype=torch.float64),
+        Y.detach().to(torch.float64),
+        net.problem.lam,
+        "fista",
+        restart=True,
+        tol=tol,
+        max_iter=max_iter,
+    )
     return res.x.to(Y.dtype)
 
 
@@ -70,6 +79,7 @@ def _loss_fn(net, loss: str, layer_weights):
             return per_output(net(Yb, depth=depth), Yb, Xb)
         outs = net(Yb, depth=depth, return_all=True)
         return sum(w * per_output(o, Yb, Xb) for w, o in zip(layer_weights, outs) if w)
+
     return fn
 
 
@@ -115,11 +125,17 @@ def _check_options(net, *, loss, schedule, epochs, checkpoint_every, batch_size,
         raise ValueError(f"layer_weights must have {depth} entries, got {len(layer_weights)}")
     if loss == "unsupervised" and getattr(net, "problem", None) is None:
         raise ValueError("unsupervised training needs net.problem (the objective to minimise)")
-    return {"loss": loss, "epochs": positive_int(epochs, "epochs"), "batch_size": positive_int(batch_size, "batch_size"),
-            "lr": nonnegative_float(lr, "lr", strict=True), "schedule": schedule, "depth": depth,
-            "clip": None if clip is None else nonnegative_float(clip, "clip", strict=True),
-            "checkpoint_every": positive_int(checkpoint_every, "checkpoint_every"),
-            "layer_weights": list(layer_weights) if layer_weights is not None else None}
+    return {
+        "loss": loss,
+        "epochs": positive_int(epochs, "epochs"),
+        "batch_size": positive_int(batch_size, "batch_size"),
+        "lr": nonnegative_float(lr, "lr", strict=True),
+        "schedule": schedule,
+        "depth": depth,
+        "clip": None if clip is None else nonnegative_float(clip, "clip", strict=True),
+        "checkpoint_every": positive_int(checkpoint_every, "checkpoint_every"),
+        "layer_weights": list(layer_weights) if layer_weights is not None else None,
+    }
 
 
 def _param_groups(net, params) -> list[dict]:
@@ -167,19 +183,30 @@ def resume_conflict(checkpoint, identity: dict) -> str | None:
     if not ckpt.exists():
         return None
     _, meta = load_tensors(ckpt)
-    recorded = {"model": {k: meta.get("model", {}).get(k) for k in ("class", "fingerprint", "config")},
-                "train": meta.get("train"), "data": meta.get("data"), "run": meta.get("run")}
+    recorded = {
+        "model": {k: meta.get("model", {}).get(k) for k in ("class", "fingerprint", "config")},
+        "train": meta.get("train"),
+        "data": meta.get("data"),
+        "run": meta.get("run"),
+    }
     current = json.loads(json.dumps(identity))
-    diffs = [d for key in current if recorded.get(key) is not None
-             for d in _differences(recorded[key], current[key], f"{key}.")]
+    diffs = [
+        d
+        for key in current
+        if recorded.get(key) is not None
+        for d in _differences(recorded[key], current[key], f"{key}.")
+    ]
     if not diffs:
         return None
     return f"checkpoint {ckpt} was written by another run ({'; '.join(diffs[:4])}{'; …' if len(diffs) > 4 else ''})"
 
 
 def _identity(net, config, data, run) -> dict:
-    ident = {"model": {"class": type(net).__name__, "fingerprint": net.fingerprint, "config": net.config},
-             "train": config, "data": data}
+    ident = {
+        "model": {"class": type(net).__name__, "fingerprint": net.fingerprint, "config": net.config},
+        "train": config,
+        "data": data,
+    }
     if run is not None:
         ident["run"] = run
     return ident
@@ -204,8 +231,15 @@ def _write_checkpoint(ckpt: Path, net, opt, best_state, identity: dict, epoch: i
     tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
     optim_tensors, groups = _optim_tensors(opt)
     tensors.update(optim_tensors)
-    meta = {"model": net.metadata(), "train": identity["train"], "data": identity["data"], "epoch": epoch,
-            "history": hist.to_dict(), "optim_groups": groups, "lr_scale": lr_scale}
+    meta = {
+        "model": net.metadata(),
+        "train": identity["train"],
+        "data": identity["data"],
+        "epoch": epoch,
+        "history": hist.to_dict(),
+        "optim_groups": groups,
+        "lr_scale": lr_scale,
+    }
     if "run" in identity:
         meta["run"] = identity["run"]
     save_tensors(ckpt, tensors, meta)
@@ -218,8 +252,13 @@ def _rate(cfg: dict, epoch: int, lr_scale: float) -> float:
 
 def _snapshot(net, opt) -> tuple[dict, dict]:
     state = opt.state_dict()
-    opt_state = {"state": {i: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-                           for i, s in state["state"].items()}, "param_groups": state["param_groups"]}
+    opt_state = {
+        "state": {
+            i: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+            for i, s in state["state"].items()
+        },
+        "param_groups": state["param_groups"],
+    }
     return {k: v.detach().clone() for k, v in net.state_dict().items()}, opt_state
 
 
@@ -229,7 +268,7 @@ def _pass(opt, params, loss_of, Y_t, X_t, cfg: dict, seed: int, epoch: int) -> f
     order = torch.randperm(N, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     total = 0.0
     for i in range(0, N, batch):
-        idx = order[i:i + batch].to(Y_t.device)
+        idx = order[i : i + batch].to(Y_t.device)
         value = loss_of(Y_t[idx], X_t[idx], cfg["depth"])
         if not torch.isfinite(value):
             return None
@@ -259,8 +298,10 @@ def _epoch(net, opt, params, loss_of, data, cfg: dict, seed: int, epoch: int, lr
         opt.load_state_dict(opt_state)
         lr_scale *= 0.5
         hist.backoffs += 1
-    raise RuntimeError(f"training diverged at epoch {epoch + 1}: loss not finite after {MAX_BACKOFFS} rate "
-                       "halvings; lower lr or normalise the data")
+    raise RuntimeError(
+        f"training diverged at epoch {epoch + 1}: loss not finite after {MAX_BACKOFFS} rate "
+        "halvings; lower lr or normalise the data"
+    )
 
 
 def _evaluate(loss_of, data, depth: int) -> float:
@@ -268,15 +309,34 @@ def _evaluate(loss_of, data, depth: int) -> float:
         Yd, Xd = data
         total = 0.0
         for i in range(0, Yd.shape[0], 4096):
-            total += float(loss_of(Yd[i:i + 4096], Xd[i:i + 4096], depth)) * min(4096, Yd.shape[0] - i)
+            total += float(loss_of(Yd[i : i + 4096], Xd[i : i + 4096], depth)) * min(4096, Yd.shape[0] - i)
         return total / Yd.shape[0]
 
 
-def train(net, Y, X=None, *, loss: str = "supervised", epochs: int | None = None, batch_size: int | None = None,
-          lr: float | None = None, val=None, seed: int = 0, progress: bool = True, checkpoint=None,
-          resume: bool = True, clip: float | None | str = AUTO, schedule: str = "cosine", depth: int | None = None,
-          params=None, layer_weights=None, weight_decay: float = 0.0, checkpoint_every: int = 1,
-          threads: int | None = None, run: dict | None = None) -> TrainHistory:
+def train(
+    net,
+    Y,
+    X=None,
+    *,
+    loss: str = "supervised",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    val=None,
+    seed: int = 0,
+    progress: bool = True,
+    checkpoint=None,
+    resume: bool = True,
+    clip: float | None | str = AUTO,
+    schedule: str = "cosine",
+    depth: int | None = None,
+    params=None,
+    layer_weights=None,
+    weight_decay: float = 0.0,
+    checkpoint_every: int = 1,
+    threads: int | None = None,
+    run: dict | None = None,
+) -> TrainHistory:
     """Fit ``net`` to measurements ``Y`` (and targets ``X``); the best weights are left in ``net``.
 
     Adam on mini-batches in a seeded order per epoch, with a cosine rate schedule and
@@ -338,10 +398,21 @@ def train(net, Y, X=None, *, loss: str = "supervised", epochs: int | None = None
         Per-epoch training/validation loss and rate, best epoch and loss, rate halvings
         after divergence, the epoch resumed from, and the seconds spent.
     """
-    lr, batch_size, epochs, clip, params = resolve(net, lr=lr, batch_size=batch_size, epochs=epochs, clip=clip,
-                                                   params=params)
-    cfg = _check_options(net, loss=loss, schedule=schedule, epochs=epochs, checkpoint_every=checkpoint_every,
-                         batch_size=batch_size, lr=lr, clip=clip, depth=depth, layer_weights=layer_weights)
+    lr, batch_size, epochs, clip, params = resolve(
+        net, lr=lr, batch_size=batch_size, epochs=epochs, clip=clip, params=params
+    )
+    cfg = _check_options(
+        net,
+        loss=loss,
+        schedule=schedule,
+        epochs=epochs,
+        checkpoint_every=checkpoint_every,
+        batch_size=batch_size,
+        lr=lr,
+        clip=clip,
+        depth=depth,
+        layer_weights=layer_weights,
+    )
     if threads is None:
         threads = default_threads(cfg["batch_size"], net.m, net.n)
     with torch_threads(threads):
@@ -355,13 +426,15 @@ def train(net, Y, X=None, *, loss: str = "supervised", epochs: int | None = None
             given += [val_data[0], val_data[1] if Xv is not None else None]
         groups = _param_groups(net, params)
         opt = torch.optim.Adam(groups, lr=cfg["lr"], weight_decay=weight_decay)
-        config = {k: cfg[k] for k in ("loss", "epochs", "batch_size", "lr", "clip", "schedule", "depth",
-                                      "layer_weights")}
+        config = {
+            k: cfg[k] for k in ("loss", "epochs", "batch_size", "lr", "clip", "schedule", "depth", "layer_weights")
+        }
         config.update(seed=seed, weight_decay=weight_decay)
         identity = _identity(net, config, data_fingerprint(*given), run)
         ckpt = Path(checkpoint) if checkpoint is not None else None
-        return _loop(net, opt, _loss_fn(net, loss, layer_weights), data, val_data, cfg, seed, ckpt,
-                     resume, identity, progress)
+        return _loop(
+            net, opt, _loss_fn(net, loss, layer_weights), data, val_data, cfg, seed, ckpt, resume, identity, progress
+        )
 
 
 def _loop(net, opt, loss_of, data, val_data, cfg, seed, ckpt, resume, identity, progress) -> TrainHistory:
@@ -374,8 +447,9 @@ def _loop(net, opt, loss_of, data, val_data, cfg, seed, ckpt, resume, identity, 
             hist, start, best_state, lr_scale = _resume(ckpt, net, opt, identity)
     t0 = time.perf_counter() - hist.seconds
     epochs = cfg["epochs"]
-    bar = tqdm(range(start, epochs), desc=f"train {type(net).__name__}", disable=not progress, initial=start,
-               total=epochs)
+    bar = tqdm(
+        range(start, epochs), desc=f"train {type(net).__name__}", disable=not progress, initial=start, total=epochs
+    )
     for epoch in bar:
         train_loss, rate, lr_scale = _epoch(net, opt, params, loss_of, data, cfg, seed, epoch, lr_scale, hist)
         val_loss = _evaluate(loss_of, val_data, cfg["depth"]) if val_data is not None else train_loss

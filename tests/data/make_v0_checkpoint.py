@@ -5,6 +5,7 @@
 A 6-epoch run of a one-parameter-per-layer PGD net, killed inside epoch 4: the file holds the
 checkpoint written after epoch 3. tests/test_train.py resumes it with today's code.
 """
+
 from pathlib import Path
 
 import numpy as np

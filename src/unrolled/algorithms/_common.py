@@ -7,6 +7,7 @@
   non-negative prox and support selection);
 * FISTA's momentum schedule :func:`fista_momentum`, its extrapolation and the restart test.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from ..operators import DenseOperator, Operator
 
 # -- the affine part: u = W x + b ------------------------------------------------------------------
+
 
 def fused_matrices(op: DenseOperator, alpha) -> tuple[torch.Tensor, torch.Tensor]:
     """(W, S) = (I − αAᵀA, αAᵀ): x − α∇½‖Ax − y‖² = W x + S y   (xie2019 eq. 1.4); W (n, n), S (n, m)."""
@@ -49,7 +51,7 @@ class GradientStep:
         return Y if self.residual else self.alpha * self.pair.adjoint(Y)
 
     def __call__(self, U: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
-        if U is None:   # x = 0: u = αAᵀy (a fresh tensor, which the prox may overwrite)
+        if U is None:  # x = 0: u = αAᵀy (a fresh tensor, which the prox may overwrite)
             return self.alpha * self.pair.adjoint(b) if self.residual else b.clone()
         if self.W is not None:
             return torch.addmm(b, U, self.W)
@@ -114,6 +116,7 @@ class CoupledPair:
 
 # -- proximal maps -------------------------------------------------------------------------------
 
+
 def project_nonnegative(U: torch.Tensor) -> torch.Tensor:
     """P₊(u) = max(u, 0), the prox of ι_{≥0} (the ReLU of xie2019 eq. 1.4), in place."""
     return U.relu_()
@@ -140,6 +143,7 @@ def soft_threshold(U: torch.Tensor, theta, *, nonneg: bool = False, keep: int = 
 
 
 # -- momentum ------------------------------------------------------------------------------------
+
 
 def starting_point(Y: torch.Tensor, X0: torch.Tensor | None, n: int) -> torch.Tensor:
     """The first iterate: a copy of the warm start X0, else zeros (batch, n) in Y's dtype/device."""

@@ -34,6 +34,7 @@ add/remove path, and a tighter test let an exactly dependent column in. Each
 solve is followed by one step of iterative refinement s ← s + H (Aᵀy − AᵀA s)_P, so
 the result matches a QR-based LH (SciPy's ``nnls``) to rounding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -141,7 +142,7 @@ class ActiveSet:
 
     def _x(self, xp):
         """x = x̃ / c in the input dtype, from the padded normalised rows."""
-        return (xp[:, :self.n] / self.c).to(self.dtype)
+        return (xp[:, : self.n] / self.c).to(self.dtype)
 
     # -- protocol ---------------------------------------------------------
     def init(self, Y, X0):
@@ -162,6 +163,7 @@ class ActiveSet:
         }
         if X0 is None and self.warm_start > 0:
             from .nnls import APGD
+
             apgd = APGD(self.problem, momentum="nesterov", restart=True)
             st = apgd.init(Y, None)
             for it in range(1, self.warm_start + 1):

@@ -4,15 +4,23 @@ The ISTA and ADMM updates are written once (:func:`ista_step`, :func:`admm_step`
 methods call them with the analytic parameters and each layer of the LISTA family and of LADMM
 (``nets/lista.py``) with its trainable ones.
 """
+
 from __future__ import annotations
 
 import torch
 
+from .._validate import nonnegative_float
 from ..operators import DenseOperator
 from ..problems import Lasso
-from .._validate import nonnegative_float
-from ._common import (GradientStep, extrapolate, fista_momentum, momentum_state, restart_test, soft_threshold,
-                      starting_point)
+from ._common import (
+    GradientStep,
+    extrapolate,
+    fista_momentum,
+    momentum_state,
+    restart_test,
+    soft_threshold,
+    starting_point,
+)
 
 
 def ista_step(z, b, affine, theta, *, nonneg: bool = False, keep: int = 0):
@@ -34,7 +42,7 @@ class ISTA:
         self.alpha = 1.0 / problem.op.lipschitz if step is None else nonnegative_float(step, "step", strict=True)
         self.grad_step = GradientStep(problem.op, self.alpha)
         self.thresh = problem.lam * self.alpha
-        self.nonneg = problem.positive   # the non-negative Lasso's prox: (u − θ)₊
+        self.nonneg = problem.positive  # the non-negative Lasso's prox: (u − θ)₊
 
     def init(self, Y, X0):
         return {"x": starting_point(Y, X0, self.problem.op.n), "b": self.grad_step.offset(Y)}
@@ -63,8 +71,15 @@ class FISTA(ISTA):
 
     name = "fista"
 
-    def __init__(self, problem, step=None, restart: bool = False, polish: int | bool = 0,
-                 precision: str | None = None, low_iters: int = 2000):
+    def __init__(
+        self,
+        problem,
+        step=None,
+        restart: bool = False,
+        polish: int | bool = 0,
+        precision: str | None = None,
+        low_iters: int = 2000,
+    ):
         super().__init__(problem, step)
         self.restart = bool(restart)
         self.polish = 20 if polish is True else int(polish)
@@ -164,14 +179,14 @@ def support_polish(G: torch.Tensor, aty: torch.Tensor, Z: torch.Tensor, lam: flo
     cand = (cnt > 0).nonzero().squeeze(1)
     tiny = torch.finfo(Z.dtype).tiny
     for start in range(0, len(cand), chunk):
-        rows = cand[start:start + chunk]
+        rows = cand[start : start + chunk]
         Zc, ac, cc = Z[rows], aty[rows], cnt[rows]
         k = int(cc.max())
         order = torch.argsort(S[rows].to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
         valid = torch.arange(k, device=Z.device) < cc.unsqueeze(1)
         sig = torch.sign(Zc.gather(1, order)) * valid
         Gs = G[order.unsqueeze(2), order.unsqueeze(1)] * (valid.unsqueeze(2) & valid.unsqueeze(1))
-        Gs.diagonal(dim1=1, dim2=2).add_((~valid).to(Z.dtype))   # identity on padding
+        Gs.diagonal(dim1=1, dim2=2).add_((~valid).to(Z.dtype))  # identity on padding
         rhs = ac.gather(1, order) * valid - lam * sig
         L, info = torch.linalg.cholesky_ex(Gs)
         zs = torch.cholesky_solve(rhs.unsqueeze(2), L).squeeze(2) * valid
@@ -188,9 +203,9 @@ def support_lipschitz(D: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """L_S = ‖D_{·,S}‖₂² for each row's support S (batch, n) → (batch,), by batched eigvalsh."""
     m, n = D.shape
     mask = support.to(D.dtype)
-    if m <= n:   # D diag(s) Dᵀ is m × m
+    if m <= n:  # D diag(s) Dᵀ is m × m
         G = torch.einsum("in,bn,jn->bij", D, mask, D)
-    else:        # diag(s) DᵀD diag(s) is n × n
+    else:  # diag(s) DᵀD diag(s) is n × n
         G = (D.T @ D)[None] * mask[:, :, None] * mask[:, None, :]
     return torch.linalg.eigvalsh(G)[:, -1]
 
@@ -240,6 +255,7 @@ class OISTA(ISTA):
 
 # -- ADMM ------------------------------------------------------------------------------------------
 
+
 class RidgeSolve:
     """r ↦ (DᵀD + ρI)⁻¹ r for rows r, from the eigendecomposition DᵀD = V diag(e) Vᵀ computed once;
     ρ a float or a (trainable) tensor, so the map is differentiable in ρ."""
@@ -248,7 +264,7 @@ class RidgeSolve:
         self.V, self.evals = V, evals
 
     @classmethod
-    def of(cls, op) -> "RidgeSolve":
+    def of(cls, op) -> RidgeSolve:
         """From the operator D (densified once)."""
         evals, V = torch.linalg.eigh(DenseOperator(op.matrix().detach()).gram)
         return cls(V, evals.clamp_min(0))
@@ -295,5 +311,6 @@ class ADMM:
         return {"x": v, "u": torch.zeros_like(v), "aty": self.problem.op.adjoint(Y)}
 
     def step(self, state, k):
-        state["x"], state["u"] = admm_step(state["x"], state["u"], state["aty"], self.solve, self.rho,
-                                           self.problem.lam / self.rho)
+        state["x"], state["u"] = admm_step(
+            state["x"], state["u"], state["aty"], self.solve, self.rho, self.problem.lam / self.rho
+        )

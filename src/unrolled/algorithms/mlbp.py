@@ -20,14 +20,23 @@ What each converges to (measured in tests/test_mlbp.py):
 * ``layered-bp``: not P_ML at all but the layer-by-layer pursuit of [23] (Papyan et al.),
   γ̂_i = argmin ½‖γ̂_{i−1} − D_iγ‖² + λ_i‖γ‖₁, γ̂_0 = y.
 """
+
 from __future__ import annotations
 
 import torch
 
 from .._validate import choice, nonnegative_float
 from ..problems import MLBP, Lasso, ratio
-from ._common import (GradientStep, NormalPair, extrapolate, fista_momentum, momentum_state, restart_test,
-                      soft_threshold, starting_point)
+from ._common import (
+    GradientStep,
+    NormalPair,
+    extrapolate,
+    fista_momentum,
+    momentum_state,
+    restart_test,
+    soft_threshold,
+    starting_point,
+)
 from .lasso import ista_step
 
 
@@ -165,8 +174,16 @@ class ADMM:
     name = "admm"
     certified = "relative duality gap"
 
-    def __init__(self, problem: MLBP, rho: float | None = None, inner: str = "fista", inner_iter: int = 1000,
-                 inner_tol: float = 1e-6, adaptive: bool = True, adapt_until: int = 200):
+    def __init__(
+        self,
+        problem: MLBP,
+        rho: float | None = None,
+        inner: str = "fista",
+        inner_iter: int = 1000,
+        inner_tol: float = 1e-6,
+        adaptive: bool = True,
+        adapt_until: int = 200,
+    ):
         self.problem = problem
         self.inner = choice(inner, "inner", ("fista", "ista"))
         self.inner_iter = int(inner_iter)
@@ -176,8 +193,11 @@ class ADMM:
         self.adaptive, self.adapt_until = bool(adaptive), int(adapt_until)
         self.P = _products(problem)
         A = self.P[0]
-        self.rho0 = float(torch.linalg.matrix_norm(A.double(), ord=2) ** 2) if rho is None else \
-            nonnegative_float(rho, "rho", strict=True)
+        self.rho0 = (
+            float(torch.linalg.matrix_norm(A.double(), ord=2) ** 2)
+            if rho is None
+            else nonnegative_float(rho, "rho", strict=True)
+        )
         self.AtA = A.T @ A
         self.PtP = sum((P.T @ P for P in self.P[1:]), torch.zeros_like(self.AtA))
         self._systems = {}
@@ -201,9 +221,9 @@ class ADMM:
 
     def _inner(self, g, b, M, LM):
         alpha, thresh = 1.0 / LM, self.problem.lams[-1] / LM
-        quadratic = GradientStep(NormalPair(M, None), alpha)   # the gradient step on ½γᵀMγ − bᵀγ
-        w, t, j = g, 1.0, 0
-        for j in range(1, self.inner_iter + 1):
+        quadratic = GradientStep(NormalPair(M, None), alpha)  # the gradient step on ½γᵀMγ − bᵀγ
+        w, t, used = g, 1.0, 0
+        for used in range(1, self.inner_iter + 1):  # noqa: B007 (the count is returned)
             g_new = ista_step(w, alpha * b, quadratic, thresh)
             # prox-gradient residual at the point where the gradient was taken (the gradient
             # mapping, for ISTA and FISTA alike), relative to the iterate
@@ -216,7 +236,7 @@ class ADMM:
             g = g_new
             if float(change.max()) <= self.inner_tol:
                 break
-        return g, j
+        return g, used
 
     def step(self, state, k):
         rho = state["rho"]

@@ -6,17 +6,25 @@ the networks of ``nets/nnls.py`` with their trainable one. A method keeps the an
 parameters computed from the operator; ``state`` holds per-problem tensors only (leading
 dimension = batch), so the solver may drop rows.
 """
+
 from __future__ import annotations
 
 import torch
 
-from ..problems import NNLS
 from .._validate import nonnegative_float
-from ._common import (GradientStep, extrapolate, fista_momentum, momentum_state, project_nonnegative, restart_test,
-                      starting_point)
-
+from ..problems import NNLS
+from ._common import (
+    GradientStep,
+    extrapolate,
+    fista_momentum,
+    momentum_state,
+    project_nonnegative,
+    restart_test,
+    starting_point,
+)
 
 # -- the steps -------------------------------------------------------------------------------------
+
 
 def pgd_step(x, b, affine, *previous):
     """x⁺ = ReLU(W x + b)   (xie2019 eq. 1.4); ``affine(x, b)`` computes W x + b (x None: x = 0).
@@ -45,6 +53,7 @@ def alpha_of(problem: NNLS, step) -> float:
 
 
 # -- the solver methods ----------------------------------------------------------------------------
+
 
 class PGD:
     """x_{k+1} = ReLU((I − αAᵀA) x_k + αAᵀy) = ReLU(W x_k + S y)   (xie2019 eq. 1.4).
@@ -118,8 +127,9 @@ class OGD:
 
     name = "ogd"
 
-    def __init__(self, problem: NNLS, power: int = 2, kappa: float = 1.0, init_scale: float = 1e-3,
-                 eta: float | None = None):
+    def __init__(
+        self, problem: NNLS, power: int = 2, kappa: float = 1.0, init_scale: float = 1e-3, eta: float | None = None
+    ):
         if int(power) != power or power < 2:
             raise ValueError(f"power must be an integer >= 2, got {power!r}")
         if eta is not None and not float(eta) > 0:

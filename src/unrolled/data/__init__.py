@@ -7,6 +7,7 @@ and networks accept as they are (``torch.as_tensor`` turns one into a tensor wit
 name to ``fn(n_samples, *, A=None, seed=0, **params) -> (A, Y, X)`` (A drawn when None), which
 is what ``unrolled train CONFIG.toml`` uses for ``[data] generator = NAME``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,9 @@ def equiregularized_signals(n_samples: int, *, A=None, m: int = 64, n: int = 256
     return D, equiregularization(D, n_samples, seed=seed + 1), None
 
 
-def bernoulli_gaussian_signals(n_samples: int, *, A=None, m: int = 250, n: int = 500, p: float = 0.1,
-                               snr_db: float | None = None, seed: int = 0):
+def bernoulli_gaussian_signals(
+    n_samples: int, *, A=None, m: int = 250, n: int = 500, p: float = 0.1, snr_db: float | None = None, seed: int = 0
+):
     """(A, Y, Z): Chen et al. 2018's setting, normalised Gaussian A, Bernoulli(p)–Gaussian codes Z,
     y = Az (+ noise at ``snr_db``)."""
     A = gaussian_dictionary(m, n, seed=seed) if A is None else as_matrix(A)
@@ -48,8 +50,12 @@ def bernoulli_gaussian_signals(n_samples: int, *, A=None, m: int = 250, n: int =
     return A, Y, Z
 
 
-GENERATORS: dict = {"xie2019": sparse_nonnegative, "sen2024": gaussian_nonnegative,
-                    "equiregularization": equiregularized_signals, "bernoulli-gaussian": bernoulli_gaussian_signals}
+GENERATORS: dict = {
+    "xie2019": sparse_nonnegative,
+    "sen2024": gaussian_nonnegative,
+    "equiregularization": equiregularized_signals,
+    "bernoulli-gaussian": bernoulli_gaussian_signals,
+}
 
 
 __all__ = [

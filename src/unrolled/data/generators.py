@@ -5,6 +5,7 @@ non-negative ground truth, ``Y = X Aᵀ`` (N, m) the noiseless measurements. Pas
 of a training set to draw a test set for the same operator. Seeded: the same ``seed``
 gives the same arrays.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,9 @@ def _operator(A, draw):
     return draw() if A is None else as_matrix(A)
 
 
-def sparse_nonnegative(n_samples: int, *, m: int = 10, n: int = 20, sparsities=(1, 2, 3), high: float = 100.0,
-                       A=None, seed: int = 0):
+def sparse_nonnegative(
+    n_samples: int, *, m: int = 10, n: int = 20, sparsities=(1, 2, 3), high: float = 100.0, A=None, seed: int = 0
+):
     """xie2019 §3.1: s ~ U{sparsities}, support uniform, values i.i.d. U[0, high]; A i.i.d. U[0, 1].
 
     Defaults are the paper's (A ∈ R^{10×20}, s ∈ {1, 2, 3}, values U[0, 100]).
@@ -58,8 +60,7 @@ def sparse_nonnegative(n_samples: int, *, m: int = 10, n: int = 20, sparsities=(
     return A, Y, X
 
 
-def gaussian_nonnegative(n_samples: int, *, m: int = 400, n: int = 1200, density: float = 0.5, A=None,
-                         seed: int = 0):
+def gaussian_nonnegative(n_samples: int, *, m: int = 400, n: int = 1200, density: float = 0.5, A=None, seed: int = 0):
     """sen2024 §IV-A: F ∈ R^{m×n} i.i.d. N(0, 1) (400 × 1200), x = F s with s ≥ 0.
 
     The paper's signals are "non-negative vectors with 0 mean and 1 variance", which no

@@ -1,6 +1,7 @@
 """Image data that is available offline: scikit-learn's 8×8 digits, and an IDX reader/writer for
 MNIST / Fashion-MNIST files given a path (nothing is downloaded). Images come back as NumPy
 float64 rows, labels as NumPy int64; ``read_idx`` returns the file's own dtype."""
+
 from __future__ import annotations
 
 import gzip
@@ -33,13 +34,15 @@ def read_idx(path) -> np.ndarray:
         raise ValueError(f"{path}: unknown IDX data type code 0x{code:02x}")
     if len(raw) < 4 + 4 * ndim:
         raise ValueError(f"{path}: truncated IDX header")
-    shape = struct.unpack(f">{ndim}i", raw[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}i", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_TYPES[code]).newbyteorder(">")
     count = int(np.prod(shape)) if ndim else 1
     offset = 4 + 4 * ndim
     if len(raw) - offset != count * dtype.itemsize:
-        raise ValueError(f"{path}: IDX header says {count} values of {dtype.itemsize} bytes but the file holds "
-                         f"{len(raw) - offset} bytes")
+        raise ValueError(
+            f"{path}: IDX header says {count} values of {dtype.itemsize} bytes but the file holds "
+            f"{len(raw) - offset} bytes"
+        )
     data = np.frombuffer(raw, dtype=dtype, offset=offset, count=count)
     return data.reshape(shape).astype(dtype.newbyteorder("="))
 
@@ -48,8 +51,10 @@ def write_idx(path, array) -> Path:
     """Write ``array`` as an IDX file (``.gz`` compresses); the inverse of :func:`read_idx`."""
     arr = np.asarray(array)
     if arr.dtype not in _IDX_CODES:
-        raise ValueError(f"array dtype {arr.dtype} has no IDX type code; use one of "
-                         f"{', '.join(str(np.dtype(t)) for t in _IDX_TYPES.values())}")
+        raise ValueError(
+            f"array dtype {arr.dtype} has no IDX type code; use one of "
+            f"{', '.join(str(np.dtype(t)) for t in _IDX_TYPES.values())}"
+        )
     header = bytes([0, 0, _IDX_CODES[arr.dtype], arr.ndim]) + struct.pack(f">{arr.ndim}i", *arr.shape)
     body = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
     path = Path(path)
@@ -97,12 +102,15 @@ def digits_lasso_data(n_atoms: int = 256, n_train: int = 1000, n_test: int = 300
     Returns (D (64, n_atoms), Y_train (n_train, 64), Y_test (n_test, 64)), float64 arrays.
     """
     from .lasso import scale_to_equiregularization
-    n_atoms, n_train, n_test = (positive_int(v, k) for v, k in ((n_atoms, "n_atoms"), (n_train, "n_train"),
-                                                                (n_test, "n_test")))
+
+    n_atoms, n_train, n_test = (
+        positive_int(v, k) for v, k in ((n_atoms, "n_atoms"), (n_train, "n_train"), (n_test, "n_test"))
+    )
     X = torch.from_numpy(load_digits()[0])
     if n_atoms + n_train + n_test > X.shape[0]:
-        raise ValueError(f"n_atoms + n_train + n_test = {n_atoms + n_train + n_test} exceeds the "
-                         f"{X.shape[0]} digit images")
+        raise ValueError(
+            f"n_atoms + n_train + n_test = {n_atoms + n_train + n_test} exceeds the {X.shape[0]} digit images"
+        )
     X = X - X.mean(0, keepdim=True)
     perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(int(seed)))
     atoms = X[perm[:n_atoms]]
@@ -110,7 +118,7 @@ def digits_lasso_data(n_atoms: int = 256, n_train: int = 1000, n_test: int = 300
     rest = X[perm[n_atoms:]]
     rest = rest[rest.norm(dim=1) > 1e-8]
     Y_train = scale_to_equiregularization(D, rest[:n_train])
-    Y_test = scale_to_equiregularization(D, rest[n_train:n_train + n_test])
+    Y_test = scale_to_equiregularization(D, rest[n_train : n_train + n_test])
     return D.numpy(), Y_train, Y_test
 
 

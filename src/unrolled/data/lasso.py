@@ -5,6 +5,7 @@ generators take a ``seed`` and return NumPy float64 arrays, like the rest of
 ``unrolled.data``; they draw from their own seeded torch generator, so a run is
 reproducible and independent of torch's global RNG.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,9 @@ def bernoulli_gaussian(n_samples: int, n: int, p: float = 0.1, *, seed: int = 0)
     return (mask * torch.randn(n_samples, n, generator=g, dtype=torch.float64)).numpy()
 
 
-def sparse_measurements(D, n_samples: int, *, p: float = 0.1, snr_db: float | None = None,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sparse_measurements(
+    D, n_samples: int, *, p: float = 0.1, snr_db: float | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(Y, Z): Bernoulli(p)–Gaussian codes Z and measurements y = Dz + w, with white noise w at
     ``snr_db`` = 10 log10(E‖Dz‖²/E‖w‖²) (None: noiseless)  (Chen et al. 2018 §5: SNR 40 dB)."""
     op = as_operator(D, name="D", dtype=torch.float64, device="cpu")

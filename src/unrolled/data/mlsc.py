@@ -13,6 +13,7 @@ one) every entry on S₂ and every entry of γ₁ on S₁ is non-zero; draws who
 is below 1e-6 of the largest are redrawn. y = x + w with i.i.d. Gaussian w at the given SNR
 (dB, per signal: ‖x‖²/(n σ²) = 10^{SNR/10}).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -23,11 +24,11 @@ from .generators import as_matrix
 
 
 class MLSCSignals(NamedTuple):
-    y: np.ndarray       # (N, n) noisy measurements
-    x: np.ndarray       # (N, n) clean signals D₁γ₁
+    y: np.ndarray  # (N, n) noisy measurements
+    x: np.ndarray  # (N, n) clean signals D₁γ₁
     gamma1: np.ndarray  # (N, m1), ‖·‖₀ = s1
     gamma2: np.ndarray  # (N, m2), ‖·‖₀ = s2, unit ℓ2 norm
-    sigma: np.ndarray   # (N,) noise standard deviation per signal
+    sigma: np.ndarray  # (N,) noise standard deviation per signal
 
 
 def mlsc_dictionaries(n: int = 50, m1: int = 70, m2: int = 60, seed: int = 0):
@@ -41,8 +42,9 @@ def mlsc_dictionaries(n: int = 50, m1: int = 70, m2: int = 60, seed: int = 0):
     return D1 / np.linalg.norm(D1, axis=0), D2 / np.linalg.norm(D2, axis=0)
 
 
-def mlsc_signals(D1, D2, n_signals: int, s1: int = 42, s2: int = 30, snr_db: float | None = 10.0,
-                 seed: int = 0, max_tries: int = 100) -> MLSCSignals:
+def mlsc_signals(
+    D1, D2, n_signals: int, s1: int = 42, s2: int = 30, snr_db: float | None = 10.0, seed: int = 0, max_tries: int = 100
+) -> MLSCSignals:
     """Draw ``n_signals`` two-layer ML-SC signals with ‖γ₁‖₀ = s1, ‖γ₂‖₀ = s2 (see module doc).
 
     ``snr_db=None`` gives noiseless y = x. Returns :class:`MLSCSignals` of NumPy float64 arrays.
@@ -69,10 +71,10 @@ def mlsc_signals(D1, D2, n_signals: int, s1: int = 42, s2: int = 30, snr_db: flo
             S1 = rng.choice(m1, s1, replace=False)
             S2 = rng.choice(m2, s2, replace=False)
             off = np.setdiff1d(np.arange(m1), S1)
-            B = D2[np.ix_(off, S2)]                       # (m1 − s1) × s2
+            B = D2[np.ix_(off, S2)]  # (m1 − s1) × s2
             _, sv, Vt = np.linalg.svd(B)
             rank = int((sv > sv[0] * 1e-10).sum()) if off.size else 0
-            N = Vt[rank:].T                                 # null-space basis, s2 × (s2 − rank)
+            N = Vt[rank:].T  # null-space basis, s2 × (s2 − rank)
             if N.shape[1] == 0:
                 continue
             coef = N @ rng.standard_normal(N.shape[1])
@@ -80,9 +82,8 @@ def mlsc_signals(D1, D2, n_signals: int, s1: int = 42, s2: int = 30, snr_db: flo
             g2[S2] = coef
             g2 /= np.linalg.norm(g2)
             g1 = D2 @ g2
-            g1[off] = 0.0                                   # exact zeros (they are ~1e-16)
-            if (np.abs(g2[S2]).min() > 1e-6 * np.abs(g2).max()
-                    and np.abs(g1[S1]).min() > 1e-6 * np.abs(g1).max()):
+            g1[off] = 0.0  # exact zeros (they are ~1e-16)
+            if np.abs(g2[S2]).min() > 1e-6 * np.abs(g2).max() and np.abs(g1[S1]).min() > 1e-6 * np.abs(g1).max():
                 G1[k], G2[k] = g1, g2
                 break
         else:  # pragma: no cover - generic matrices never get here

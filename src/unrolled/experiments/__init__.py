@@ -5,13 +5,14 @@ with ``@experiment("name", paper=..., what=...)``. It writes ``results.json`` an
 figures into ``out`` (through :func:`finish`) and returns the results dict, whose
 ``"table"`` (a list of rows, first row the header) is printed.
 """
+
 from __future__ import annotations
 
-from contextlib import contextmanager
 import importlib
 import json
-from pathlib import Path
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,7 @@ def experiment(name: str, *, paper: str, what: str):
     def register(fn):
         EXPERIMENTS[name] = {"run": fn, "paper": paper, "what": what}
         return fn
+
     return register
 
 
@@ -63,8 +65,10 @@ def format_table(rows) -> str:
 def finish(out: Path, name: str, results: dict, figures: dict | None = None, *, started: float) -> dict:
     """Save figures (name → matplotlib Figure) as PNG and results as JSON; return results."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"experiment": name, **results, "seconds": round(time.perf_counter() - started, 2)}

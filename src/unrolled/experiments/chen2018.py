@@ -13,13 +13,14 @@ best weights. Steps and thresholds (log-parametrized, see ``nets.lista``) get th
 rate than the matrices (parameter groups found by name). ALISTA is trained supervised on the
 codes, as in Liu et al. 2019, with support selection (its paper's ALISTA includes it).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
-from pathlib import Path
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,17 +29,45 @@ from . import experiment, finish
 
 LOG = logging.getLogger(__name__)
 
-SCALAR_NAMES = ("a.", "b.")           # state-dict prefixes of the per-layer steps / thresholds
-NETS = {"LISTA-CPSS": ("LISTA-CP", {"support_selection": True}), "LISTA-CP": ("LISTA-CP", {}),
-        "ALISTA": ("ALISTA", {"support_selection": True}), "LISTA": ("LISTA", {})}
-REFINE = (0.2, 0.02)                  # Chen et al.: after the new layer, all layers at these × the base rate
+SCALAR_NAMES = ("a.", "b.")  # state-dict prefixes of the per-layer steps / thresholds
+NETS = {
+    "LISTA-CPSS": ("LISTA-CP", {"support_selection": True}),
+    "LISTA-CP": ("LISTA-CP", {}),
+    "ALISTA": ("ALISTA", {"support_selection": True}),
+    "LISTA": ("LISTA", {}),
+}
+REFINE = (0.2, 0.02)  # Chen et al.: after the new layer, all layers at these × the base rate
 
-FULL = {"m": 250, "n": 500, "depth": 16, "batch": 64, "n_val": 1000, "n_test": 500, "steps_new": 400,
-        "steps_refine": 200, "check_every": 50, "patience": 4, "lr_scalar": 1e-1, "lr_matrix": 5e-2,
-        "settings": {"noiseless": None, "SNR 40 dB": 40.0}}
-QUICK = {"m": 50, "n": 100, "depth": 4, "batch": 64, "n_val": 300, "n_test": 300, "steps_new": 60,
-         "steps_refine": 30, "check_every": 15, "patience": 4, "lr_scalar": 1e-1, "lr_matrix": 5e-2,
-         "settings": {"noiseless": None, "SNR 40 dB": 40.0}}
+FULL = {
+    "m": 250,
+    "n": 500,
+    "depth": 16,
+    "batch": 64,
+    "n_val": 1000,
+    "n_test": 500,
+    "steps_new": 400,
+    "steps_refine": 200,
+    "check_every": 50,
+    "patience": 4,
+    "lr_scalar": 1e-1,
+    "lr_matrix": 5e-2,
+    "settings": {"noiseless": None, "SNR 40 dB": 40.0},
+}
+QUICK = {
+    "m": 50,
+    "n": 100,
+    "depth": 4,
+    "batch": 64,
+    "n_val": 300,
+    "n_test": 300,
+    "steps_new": 60,
+    "steps_refine": 30,
+    "check_every": 15,
+    "patience": 4,
+    "lr_scalar": 1e-1,
+    "lr_matrix": 5e-2,
+    "settings": {"noiseless": None, "SNR 40 dB": 40.0},
+}
 
 
 class FreshPairs:
@@ -74,12 +103,12 @@ def _groups(net, layers, lr_scalar: float, lr_matrix: float) -> list[dict]:
 
 def _val_nmse(net, val, depth: int) -> float:
     from ..metrics import nmse_db
+
     with torch.no_grad():
         return nmse_db(net(val[0], depth=depth), val[1])
 
 
-def fit_phase(net, draw, groups, *, depth: int, steps: int, batch: int, val, check_every: int,
-              patience: int) -> dict:
+def fit_phase(net, draw, groups, *, depth: int, steps: int, batch: int, val, check_every: int, patience: int) -> dict:
     """Adam on fresh batches ``draw(batch)`` with loss mean ‖ẑ⁽ᵈᵉᵖᵗʰ⁾ − z‖² (Chen et al. 2018 §5);
     validation NMSE every ``check_every`` steps, stop after ``patience`` checks without
     improvement; the best weights are kept. Returns {"steps", "val_nmse_db"}."""
@@ -114,8 +143,17 @@ def train_chen(net, draw, val, cfg: dict) -> list[dict]:
         phases = [(range(k - 1, k), 1.0, cfg["steps_new"])] + [(range(k), f, cfg["steps_refine"]) for f in REFINE]
         for layers, f, steps in phases:
             groups = _groups(net, layers, f * cfg["lr_scalar"], f * cfg["lr_matrix"])
-            rec = fit_phase(net, draw, groups, depth=k, steps=steps, batch=cfg["batch"], val=val,
-                            check_every=cfg["check_every"], patience=cfg["patience"])
+            rec = fit_phase(
+                net,
+                draw,
+                groups,
+                depth=k,
+                steps=steps,
+                batch=cfg["batch"],
+                val=val,
+                check_every=cfg["check_every"],
+                patience=cfg["patience"],
+            )
             records.append({"depth": k, "rate_factor": f, **rec})
             LOG.info("  depth %2d x%-5g %5d steps  val %.2f dB", k, f, rec["steps"], rec["val_nmse_db"])
     return records
@@ -127,6 +165,7 @@ def nmse_curve(A, Y, Z, lam: float, method: str, iters: int) -> list[float]:
     from ..metrics import nmse_db
     from ..operators import DenseOperator
     from ..problems import Lasso
+
     prob = Lasso(DenseOperator(A.to(torch.float64)), lam)
     meth = (ISTA if method == "ista" else FISTA)(prob)
     state = meth.init(Y.to(torch.float64), None)
@@ -149,8 +188,10 @@ def _save_partial(out, per: dict) -> None:
     """Per-net curves so far, in ``out/results.partial.json`` (a long run can be read before it ends)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    brief = {s: {label: {k: nr[k] for k in ("nmse_db", "seconds", "train_steps")} for label, nr in r["nets"].items()}
-             for s, r in per.items()}
+    brief = {
+        s: {label: {k: nr[k] for k in ("nmse_db", "seconds", "train_steps")} for label, nr in r["nets"].items()}
+        for s, r in per.items()
+    }
     (out / "results.partial.json").write_text(json.dumps(brief, indent=1))
 
 
@@ -164,14 +205,18 @@ def _claims(per: dict, depth: int) -> dict:
         for label, nr in r["nets"].items():
             claims[f"below_fista.{label}.{key}"] = bool(nr["nmse_db"][-1] < fista)
         if {"LISTA-CP", "LISTA-CPSS"} <= set(r["nets"]):
-            claims[f"cpss_below_cp.{key}"] = bool(r["nets"]["LISTA-CPSS"]["nmse_db"][-1] < r["nets"]["LISTA-CP"]["nmse_db"][-1])
+            claims[f"cpss_below_cp.{key}"] = bool(
+                r["nets"]["LISTA-CPSS"]["nmse_db"][-1] < r["nets"]["LISTA-CP"]["nmse_db"][-1]
+            )
     return claims
 
 
 def _figure(per: dict, depth: int, m: int, n: int):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(per), figsize=(6 * len(per), 4.2), squeeze=False)
     for ax, (sname, r) in zip(axes[0], per.items()):
         ks = np.arange(0, depth + 1)
@@ -188,14 +233,18 @@ def _figure(per: dict, depth: int, m: int, n: int):
     return fig
 
 
-@experiment("chen-cpss", paper="Chen et al. 2018 (LISTA-CP/CPSS); ALISTA (Liu et al. 2019)",
-            what="supervised NMSE (dB) vs layers 1..16 for LISTA, LISTA-CP, LISTA-CPSS, ALISTA and ISTA/FISTA, "
-                 "A 250×500 Gaussian, Bernoulli(0.1)–Gaussian codes, noiseless and SNR 40 dB; trained on fresh "
-                 "samples every step, layer by layer with decreasing rates")
+@experiment(
+    "chen-cpss",
+    paper="Chen et al. 2018 (LISTA-CP/CPSS); ALISTA (Liu et al. 2019)",
+    what="supervised NMSE (dB) vs layers 1..16 for LISTA, LISTA-CP, LISTA-CPSS, ALISTA and ISTA/FISTA, "
+    "A 250×500 Gaussian, Bernoulli(0.1)–Gaussian codes, noiseless and SNR 40 dB; trained on fresh "
+    "samples every step, layer by layer with decreasing rates",
+)
 def chen_cpss(quick: bool, out: Path, seed: int = 0, nets=None) -> dict:
     from ..data.lasso import gaussian_dictionary, sparse_measurements
     from ..metrics import nmse_db
     from .moreau import _make_net
+
     t0 = time.perf_counter()
     cfg = QUICK if quick else FULL
     m, n, depth, lam = cfg["m"], cfg["n"], cfg["depth"], 0.05
@@ -217,22 +266,38 @@ def chen_cpss(quick: bool, out: Path, seed: int = 0, nets=None) -> dict:
             records = train_chen(net, draw, (Yval.float(), Zval.float()), cfg)
             with torch.no_grad():
                 curve = [nmse_db(Zh, Zte) for Zh in net(Yte.float(), return_all=True)]
-            rows[label] = {"nmse_db": curve, "seconds": round(time.perf_counter() - t1, 1),
-                           "train_steps": sum(r["steps"] for r in records), "phases": records,
-                           "ista_iters_to_match": _first_below(ref["ista"], curve[-1]),
-                           "fista_iters_to_match": _first_below(ref["fista"], curve[-1])}
+            rows[label] = {
+                "nmse_db": curve,
+                "seconds": round(time.perf_counter() - t1, 1),
+                "train_steps": sum(r["steps"] for r in records),
+                "phases": records,
+                "ista_iters_to_match": _first_below(ref["ista"], curve[-1]),
+                "fista_iters_to_match": _first_below(ref["fista"], curve[-1]),
+            }
             LOG.info("%s %s: NMSE@%d %.2f dB in %s s", sname, label, depth, curve[-1], rows[label]["seconds"])
             _save_partial(out, {**per, sname: {"nets": rows}})
-        per[sname] = {"reference": {k: v[:depth + 1] for k, v in ref.items()},
-                      "reference_best": {k: min(v) for k, v in ref.items()}, "nets": rows}
+        per[sname] = {
+            "reference": {k: v[: depth + 1] for k, v in ref.items()},
+            "reference_best": {k: min(v) for k, v in ref.items()},
+            "nets": rows,
+        }
     table = [["setting", "method", f"NMSE dB @{depth}", "ISTA its to match", "FISTA its to match"]]
     for sname, r in per.items():
         for meth in ("ista", "fista"):
             table.append([sname, meth.upper(), r["reference"][meth][depth], "", ""])
         for label, nr in r["nets"].items():
             fmt = lambda k: k if k is not None else f">{match_iters}"  # noqa: E731
-            table.append([sname, label, nr["nmse_db"][-1], fmt(nr["ista_iters_to_match"]),
-                          fmt(nr["fista_iters_to_match"])])
-    results = {"m": m, "n": n, "depth": depth, "lam": lam, "config": {k: v for k, v in cfg.items() if k != "settings"},
-               "per_setting": per, "claims": _claims(per, depth), "table": table}
+            table.append(
+                [sname, label, nr["nmse_db"][-1], fmt(nr["ista_iters_to_match"]), fmt(nr["fista_iters_to_match"])]
+            )
+    results = {
+        "m": m,
+        "n": n,
+        "depth": depth,
+        "lam": lam,
+        "config": {k: v for k, v in cfg.items() if k != "settings"},
+        "per_setting": per,
+        "claims": _claims(per, depth),
+        "table": table,
+    }
     return finish(out, "chen-cpss", results, {"nmse_vs_layers": _figure(per, depth, m, n)}, started=t0)

@@ -18,17 +18,17 @@ and γ₁ = D₂γ₂ with ‖γ₁‖₀ = 42 (Aberdam et al.'s null-space cons
   objective is evaluated outside the clock), single-threaded, as CPU time of the thread
   (``time.thread_time``), so that other jobs on a shared machine do not inflate it.
 
-What we found (see the report / results.json): ML-FISTA is the fastest multi-layer
+What we found (numbers in the README and results.json): ML-FISTA is the fastest multi-layer
 solver, as the paper says, but ML-ISTA/ML-FISTA stop at their fixed point, which is
-*above* F* by O(μ) (measured: 2.3e-3 relative at the Fig. 2 λ's and μ = 1/‖D₁‖², 2.4e-4 at
-μ/10; ≈ 2e-2 at λ₁ = λ₂ = 0.05): the paper's Theorems 1–2 claim convergence to the global
-optimum; TPAMI's version bounds the gap by O(μ) instead. The bias does not matter for
-recovery (Fig. 2 subset: γ₂ error 0.5575 at the fixed point vs 0.5566 at the minimiser).
+*above* F* by O(μ) (it shrinks with μ): the paper's Theorems 1–2 claim convergence to the
+global optimum; TPAMI's version bounds the gap by O(μ) instead. The bias hardly matters for
+recovery (the γ₂ errors at the fixed point and at the minimiser agree closely).
 """
+
 from __future__ import annotations
 
-from pathlib import Path
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,10 +36,24 @@ import torch
 from . import experiment, finish, threads
 
 SETTINGS = {
-    "full": {"n_signals": 500, "lam2": np.geomspace(0.0005, 0.1, 14), "lam1": np.geomspace(0.0005, 0.3, 15),
-             "fig2_signals": 100, "fig2_iters": 3000, "admm_iters": 150, "admm_inner": 1000},
-    "quick": {"n_signals": 40, "lam2": np.geomspace(0.001, 0.1, 5), "lam1": np.geomspace(0.002, 0.2, 5),
-              "fig2_signals": 10, "fig2_iters": 400, "admm_iters": 40, "admm_inner": 300},
+    "full": {
+        "n_signals": 500,
+        "lam2": np.geomspace(0.0005, 0.1, 14),
+        "lam1": np.geomspace(0.0005, 0.3, 15),
+        "fig2_signals": 100,
+        "fig2_iters": 3000,
+        "admm_iters": 150,
+        "admm_inner": 1000,
+    },
+    "quick": {
+        "n_signals": 40,
+        "lam2": np.geomspace(0.001, 0.1, 5),
+        "lam1": np.geomspace(0.002, 0.2, 5),
+        "fig2_signals": 10,
+        "fig2_iters": 400,
+        "admm_iters": 40,
+        "admm_inner": 300,
+    },
 }
 SIZES = {"n": 50, "m1": 70, "m2": 60, "s1": 42, "s2": 30, "snr_db": 10.0}
 
@@ -52,19 +66,27 @@ def _errors(G2_hat, D2, G1, G2):
 
 def figure1(D1, D2, sig, cfg):
     import unrolled as ur
+
     rows = []
     for lam2 in cfg["lam2"]:
         bp = ur.ml_bp([D1, D2], sig.y, [0.0, lam2], method="ml-fista", restart=True, tol=1e-6, max_iter=20_000)
         e1_bp, e2_bp = _errors(bp.x, D2, sig.gamma1, sig.gamma2)
         best = None
         for lam1 in cfg["lam1"]:
-            ml = ur.ml_bp([D1, D2], sig.y, [lam1, lam2], method="ml-fista", restart=True, tol=1e-6,
-                          max_iter=20_000)
+            ml = ur.ml_bp([D1, D2], sig.y, [lam1, lam2], method="ml-fista", restart=True, tol=1e-6, max_iter=20_000)
             e1, e2 = _errors(ml.x, D2, sig.gamma1, sig.gamma2)
             if best is None or e2 < best["err_g2"]:
                 best = {"lam1": float(lam1), "err_g1": e1, "err_g2": e2}
-        rows.append({"lam2": float(lam2), "bp_err_g1": e1_bp, "bp_err_g2": e2_bp, "ml_lam1": best["lam1"],
-                     "ml_err_g1": best["err_g1"], "ml_err_g2": best["err_g2"]})
+        rows.append(
+            {
+                "lam2": float(lam2),
+                "bp_err_g1": e1_bp,
+                "bp_err_g2": e2_bp,
+                "ml_lam1": best["lam1"],
+                "ml_err_g1": best["err_g1"],
+                "ml_err_g2": best["err_g2"],
+            }
+        )
     return rows
 
 
@@ -74,7 +96,7 @@ def _trace(method, problem, Y, iters):
     state["y"] = Y
     objs, times, clock = [float(problem.objective(state["x"], Y).sum())], [0.0], 0.0
     for k in range(1, iters + 1):
-        t0 = time.thread_time()   # CPU time of this thread: robust to other jobs on a shared machine
+        t0 = time.thread_time()  # CPU time of this thread: robust to other jobs on a shared machine
         method.step(state, k)
         clock += time.thread_time() - t0
         objs.append(float(problem.objective(state["x"], Y).sum()))
@@ -88,6 +110,7 @@ def figure2(D1, D2, Y, lam1, lam2, cfg):
     from ..operators import DenseOperator
     from ..problems import MLBP, Lasso
     from ..solve import iterate
+
     ops = [DenseOperator(torch.as_tensor(D1)), DenseOperator(torch.as_tensor(D2))]
     Yt = torch.as_tensor(Y)
     ml = MLBP(ops, [lam1, lam2])
@@ -102,22 +125,27 @@ def figure2(D1, D2, Y, lam1, lam2, cfg):
     n, n_admm = cfg["fig2_iters"], cfg["admm_iters"]
     runs = {
         "ADMM (inner ISTA)": (ADMM(ml, inner="ista", inner_iter=cfg["admm_inner"], inner_tol=1e-6), ml, n_admm, F_ml),
-        "ADMM (inner FISTA)": (ADMM(ml, inner="fista", inner_iter=cfg["admm_inner"], inner_tol=1e-6), ml, n_admm,
-                               F_ml),
+        "ADMM (inner FISTA)": (ADMM(ml, inner="fista", inner_iter=cfg["admm_inner"], inner_tol=1e-6), ml, n_admm, F_ml),
         "ML-ISTA": (MLISTA(ml), ml, n, F_ml),
         "ML-FISTA": (MLFISTA(ml), ml, n, F_ml),
         "ISTA (BP)": (ISTA(bp), bp, n, F_bp),
         "FISTA (BP)": (FISTA(bp), bp, n, F_bp),
     }
     small_mu = MLBP(ops, [lam1, lam2], mu_scale=0.1)
-    runs["ML-FISTA (μ/10)"] = (MLFISTA(small_mu), ml, n, F_ml)   # objective of P_ML, steps of the μ/10 map
+    runs["ML-FISTA (μ/10)"] = (MLFISTA(small_mu), ml, n, F_ml)  # objective of P_ML, steps of the μ/10 map
     curves = {}
     for name, (method, problem, iters, F_star) in runs.items():
         objs, times, state = _trace(method, problem, Yt, iters)
         gap = np.maximum((objs - F_star) / F_star, 1e-16)
         curves[name] = {"gap": gap, "time": times, "inner": state.get("inner")}
-    meta = {"ref_x": ref.x.numpy(), "F_star_mlbp": F_ml, "F_star_bp": F_bp, "admm_ref_rel_gap": gap_ml_cert, "bp_ref_rel_gap": gap_bp_cert,
-            "admm_ref_iters": int(np.max(ref.n_iter))}
+    meta = {
+        "ref_x": ref.x.numpy(),
+        "F_star_mlbp": F_ml,
+        "F_star_bp": F_bp,
+        "admm_ref_rel_gap": gap_ml_cert,
+        "bp_ref_rel_gap": gap_bp_cert,
+        "admm_ref_iters": int(np.max(ref.n_iter)),
+    }
     return curves, meta
 
 
@@ -126,20 +154,24 @@ def _first(gap, axis, eps):
     return float(axis[hit[0]]) if hit.size else None
 
 
-@experiment("sulam-synthetic", paper="sulam2018",
-            what="ML-BP vs BP recovery error vs λ2 (Fig. 1); ADMM / ML-ISTA / ML-FISTA / ISTA / FISTA convergence vs "
-                 "iterations and time (Fig. 2)")
+@experiment(
+    "sulam-synthetic",
+    paper="sulam2018",
+    what="ML-BP vs BP recovery error vs λ2 (Fig. 1); ADMM / ML-ISTA / ML-FISTA / ISTA / FISTA convergence vs "
+    "iterations and time (Fig. 2)",
+)
 def run(quick: bool, out: Path, seed: int) -> dict:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from ..data.mlsc import mlsc_dictionaries, mlsc_signals
+
     t0 = time.perf_counter()
     cfg = SETTINGS["quick" if quick else "full"]
     D1, D2 = mlsc_dictionaries(SIZES["n"], SIZES["m1"], SIZES["m2"], seed=seed)
-    sig = mlsc_signals(D1, D2, cfg["n_signals"], s1=SIZES["s1"], s2=SIZES["s2"], snr_db=SIZES["snr_db"],
-                       seed=seed + 1)
+    sig = mlsc_signals(D1, D2, cfg["n_signals"], s1=SIZES["s1"], s2=SIZES["s2"], snr_db=SIZES["snr_db"], seed=seed + 1)
     with threads(1):
         rows = figure1(D1, D2, sig, cfg)
         i_ml = int(np.argmin([r["ml_err_g2"] for r in rows]))
@@ -149,12 +181,13 @@ def run(quick: bool, out: Path, seed: int) -> dict:
         curves, meta = figure2(D1, D2, sig.y[sub], lam1, lam2, cfg)
         # the same recovery error with the exact P_ML minimiser (ADMM) and the ML-FISTA fixed point
         import unrolled as ur
-        fp = ur.ml_bp([D1, D2], sig.y[sub], [lam1, lam2], method="ml-fista", restart=True, tol=1e-9,
-                      max_iter=50_000).x
+
+        fp = ur.ml_bp([D1, D2], sig.y[sub], [lam1, lam2], method="ml-fista", restart=True, tol=1e-9, max_iter=50_000).x
         exact = meta.pop("ref_x")
         meta["recovery_on_fig2_subset"] = {
             name: dict(zip(("err_g1", "err_g2"), _errors(G, D2, sig.gamma1[sub], sig.gamma2[sub])))
-            for name, G in (("ML-BP exact (ADMM)", exact), ("ML-BP ML-FISTA fixed point", fp))}
+            for name, G in (("ML-BP exact (ADMM)", exact), ("ML-BP ML-FISTA fixed point", fp))
+        }
 
     # ---- figures
     lam2s = [r["lam2"] for r in rows]
@@ -169,8 +202,15 @@ def run(quick: bool, out: Path, seed: int) -> dict:
         a.legend()
     fig1.tight_layout()
     fig2, ax = plt.subplots(1, 2, figsize=(11, 4))
-    styles = {"ADMM (inner ISTA)": "C0", "ADMM (inner FISTA)": "C1", "ML-ISTA": "C2", "ML-FISTA": "C3",
-              "ML-FISTA (μ/10)": "C6", "ISTA (BP)": "C7", "FISTA (BP)": "C8"}
+    styles = {
+        "ADMM (inner ISTA)": "C0",
+        "ADMM (inner FISTA)": "C1",
+        "ML-ISTA": "C2",
+        "ML-FISTA": "C3",
+        "ML-FISTA (μ/10)": "C6",
+        "ISTA (BP)": "C7",
+        "FISTA (BP)": "C8",
+    }
     for name, c in curves.items():
         ls = "--" if "BP" in name else "-"
         ax[0].loglog(np.arange(len(c["gap"])) + 1, c["gap"], ls, color=styles[name], label=name)
@@ -194,26 +234,55 @@ def run(quick: bool, out: Path, seed: int) -> dict:
     conv = {}
     for name, c in curves.items():
         its = np.arange(len(c["gap"]))
-        entry = {f"{unit}_{eps:.0e}": _first(c["gap"], axis, eps) for eps in (1e-1, 1e-2, 1e-3, 1e-4)
-                 for unit, axis in (("iters", its), ("ms", c["time"] * 1e3))}
-        entry.update({
-                 "final_gap": float(c["gap"][-1]), "iterations": int(len(c["gap"]) - 1),
-                 "ms_total": float(c["time"][-1] * 1e3), "inner_iterations": c["inner"]})
+        entry = {
+            f"{unit}_{eps:.0e}": _first(c["gap"], axis, eps)
+            for eps in (1e-1, 1e-2, 1e-3, 1e-4)
+            for unit, axis in (("iters", its), ("ms", c["time"] * 1e3))
+        }
+        entry.update(
+            {
+                "final_gap": float(c["gap"][-1]),
+                "iterations": int(len(c["gap"]) - 1),
+                "ms_total": float(c["time"][-1] * 1e3),
+                "inner_iterations": c["inner"],
+            }
+        )
         conv[name] = entry
-        fmt = lambda v: "-" if v is None else (int(v) if isinstance(v, float) and v.is_integer() else round(v, 1))
-        table.append([name, fmt(entry["iters_1e-01"]), fmt(entry["iters_1e-02"]), fmt(entry["ms_1e-01"]),
-                      fmt(entry["ms_1e-02"]), fmt(entry["ms_1e-04"]), f"{entry['final_gap']:.2e}"])
+
+        def fmt(v):
+            return "-" if v is None else (int(v) if isinstance(v, float) and v.is_integer() else round(v, 1))
+
+        table.append(
+            [
+                name,
+                fmt(entry["iters_1e-01"]),
+                fmt(entry["iters_1e-02"]),
+                fmt(entry["ms_1e-01"]),
+                fmt(entry["ms_1e-02"]),
+                fmt(entry["ms_1e-04"]),
+                f"{entry['final_gap']:.2e}",
+            ]
+        )
     summary = {
         "best_bp": {"lam2": rows[i_bp]["lam2"], "err_g2": rows[i_bp]["bp_err_g2"], "err_g1": rows[i_bp]["bp_err_g1"]},
         "best_mlbp": {"lam1": lam1, "lam2": lam2, "err_g2": rows[i_ml]["ml_err_g2"], "err_g1": rows[i_ml]["ml_err_g1"]},
         "mlbp_lowers_error_at_every_lam2": all(r["ml_err_g2"] <= r["bp_err_g2"] for r in rows),
         "fastest_multilayer_to_1e-02_ms": min(
             (n for n in conv if not n.endswith("(BP)") and conv[n]["ms_1e-02"] is not None),
-            key=lambda n: conv[n]["ms_1e-02"], default=None),
+            key=lambda n: conv[n]["ms_1e-02"],
+            default=None,
+        ),
     }
-    results = {"settings": {**SIZES, **{k: (list(map(float, v)) if isinstance(v, np.ndarray) else v)
-                                        for k, v in cfg.items()}, "seed": seed, "quick": quick},
-               "figure1": rows, "figure2": {"lam1": lam1, "lam2": lam2, **meta, "methods": conv},
-               "summary": summary, "table": table}
-    return finish(out, "sulam-synthetic", results, {"fig1_recovery_error": fig1, "fig2_convergence": fig2},
-                  started=t0)
+    results = {
+        "settings": {
+            **SIZES,
+            **{k: (list(map(float, v)) if isinstance(v, np.ndarray) else v) for k, v in cfg.items()},
+            "seed": seed,
+            "quick": quick,
+        },
+        "figure1": rows,
+        "figure2": {"lam1": lam1, "lam2": lam2, **meta, "methods": conv},
+        "summary": summary,
+        "table": table,
+    }
+    return finish(out, "sulam-synthetic", results, {"fig1_recovery_error": fig1, "fig2_convergence": fig2}, started=t0)

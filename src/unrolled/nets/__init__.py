@@ -3,6 +3,7 @@
 Every public class registers itself in ``NETS`` (by class name) so that ``unrolled.load`` can
 rebuild it from a saved file; every registered class of these modules is exported here.
 """
+
 from . import lista, mlbp, nnls  # noqa: F401  (importing a module registers its nets)
 from .base import NETS, UnrolledNet, load
 

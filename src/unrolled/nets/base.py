@@ -11,6 +11,7 @@ The operator is stored in the state dict: a dense matrix as the buffer ``operato
 every file saved so far), another fixed operator as the buffers of ``operator`` (its ``spec()``
 tensors), a learned operator as the submodule ``operator`` (its weights are the net's parameters).
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._validate import as_batch, choice, positive_int
 from .. import operators
+from .._validate import as_batch, choice, positive_int
 from ..operators import DenseOperator, as_operator
 
 NETS: dict[str, type] = {}
@@ -77,15 +78,16 @@ class UnrolledNet(nn.Module):
     """
 
     INITS: tuple = ("analytic",)
-    TIE_OPTION = False   # whether ``tied`` is a constructor argument (saved in the config)
+    TIE_OPTION = False  # whether ``tied`` is a constructor argument (saved in the config)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         if not cls.__name__.startswith("_"):
             NETS[cls.__name__] = cls
 
-    def __init__(self, operator, depth: int, problem, *, init: str = "analytic", tied: bool = False,
-                 seed: int = 0, **config):
+    def __init__(
+        self, operator, depth: int, problem, *, init: str = "analytic", tied: bool = False, seed: int = 0, **config
+    ):
         super().__init__()
         choice(init, "init", self.INITS)
         if not isinstance(tied, bool):
@@ -98,7 +100,7 @@ class UnrolledNet(nn.Module):
         self._gen = torch.Generator().manual_seed(seed)
         if self.TIE_OPTION:
             config["tied"] = tied
-        if len(self.INITS) > 1:   # (a class with one init keeps the config of its older files)
+        if len(self.INITS) > 1:  # (a class with one init keeps the config of its older files)
             config.update(init=init, seed=seed)
         self.config = {"depth": self.depth, **config}
         if isinstance(op, DenseOperator):
@@ -107,14 +109,14 @@ class UnrolledNet(nn.Module):
             op_config, tensors = op.spec()
             self.config["operator"] = op_config
             self.operator = op if _is_learned(op) else _SpecBuffers(tensors)
-        self.fingerprint = op.fingerprint()   # a learned operator: that of its initial weights
+        self.fingerprint = op.fingerprint()  # a learned operator: that of its initial weights
         self.problem = problem
         self._bind(op)
 
     def _bind(self, old) -> None:
         """Make ``net.op`` the operator held by the net's own state (a buffer, a learned module) and
         ``net.problem`` a copy of the problem on it, so both follow ``.to()`` / ``.double()``."""
-        self.__dict__["op"] = self._rebuilt_operator(old)   # not a second registration of a learned operator
+        self.__dict__["op"] = self._rebuilt_operator(old)  # not a second registration of a learned operator
         if self.problem is not None:
             self.problem = copy.copy(self.problem)
             self.problem.op = self.op
@@ -189,7 +191,7 @@ class UnrolledNet(nn.Module):
             if symmetric:
                 R = torch.triu(R) + torch.triu(R, 1).T
         else:
-            R = torch.randn(rows, cols, generator=self._gen, dtype=torch.float64) / cols ** 0.5 * random_scale
+            R = torch.randn(rows, cols, generator=self._gen, dtype=torch.float64) / cols**0.5 * random_scale
         return R.to(dtype=analytic.dtype, device=analytic.device)
 
     def scalar(self, value: float) -> torch.Tensor:
@@ -215,8 +217,10 @@ class UnrolledNet(nn.Module):
         Y_in = Y.reshape(Y.shape[0], -1) if images else Y
         Y_t, kind = as_batch(Y_in, "Y", dtype=self.dtype, device=self.op.device)
         if Y_t.shape[1] != self.m:
-            raise ValueError(f"Y has {Y_t.shape[1]} entries per signal but this {type(self).__name__} was built for an "
-                             f"operator with m={self.m} (fingerprint {self.fingerprint})")
+            raise ValueError(
+                f"Y has {Y_t.shape[1]} entries per signal but this {type(self).__name__} was built for an "
+                f"operator with m={self.m} (fingerprint {self.fingerprint})"
+            )
         outs = list(self.iterates(Y_t, depth))
         if images:
             outs = [o.reshape(o.shape[0], *self.op.in_shape) for o in outs]
@@ -230,21 +234,30 @@ class UnrolledNet(nn.Module):
         """The problem's certificate and objective of the answer ``X`` (default: ``self(Y)``) for each row
         of ``Y``: :func:`unrolled.certified.certify`."""
         from ..certified import certify
+
         return certify(self, Y, X)
 
     def check_operator(self, A) -> None:
         """Raise ValueError unless ``A`` is the operator this network was built for."""
         op = as_operator(A)
         if op.shape != self.op.shape or op.fingerprint() != self.fingerprint:
-            raise ValueError(f"this {type(self).__name__} was trained for operator {self.fingerprint} "
-                             f"{self.op.shape}, not {op.fingerprint()} {op.shape}")
+            raise ValueError(
+                f"this {type(self).__name__} was trained for operator {self.fingerprint} "
+                f"{self.op.shape}, not {op.fingerprint()} {op.shape}"
+            )
 
     # -- persistence ----------------------------------------------------
     def metadata(self) -> dict:
         import unrolled
-        return {"format": FORMAT, "class": type(self).__name__, "config": self.config,
-                "fingerprint": self.fingerprint, "shape": list(self.op.shape),
-                "versions": {"unrolled": unrolled.__version__, "torch": torch.__version__}}
+
+        return {
+            "format": FORMAT,
+            "class": type(self).__name__,
+            "config": self.config,
+            "fingerprint": self.fingerprint,
+            "shape": list(self.op.shape),
+            "versions": {"unrolled": unrolled.__version__, "torch": torch.__version__},
+        }
 
     def save(self, path, extra: dict | None = None) -> Path:
         """Write weights (safetensors) and metadata atomically to ``path``."""
@@ -255,7 +268,7 @@ class UnrolledNet(nn.Module):
         return Path(path)
 
 
-DIGEST_COVERS = "tensors+meta"   # header["covers"]; files without it (before 0.2) digest the tensors only
+DIGEST_COVERS = "tensors+meta"  # header["covers"]; files without it (before 0.2) digest the tensors only
 MAX_DEPTH = 100_000
 
 
@@ -296,6 +309,7 @@ def save_tensors(path, tensors: dict, meta: dict) -> None:
     """safetensors file with JSON metadata and a digest over both; written to a temp file
     (mode 0666 less the umask, like other outputs), synced, then renamed over ``path``."""
     from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -339,6 +353,7 @@ def load_tensors(path) -> tuple[dict, dict]:
     absence of ``covers`` in the header, cover the tensors only and are checked for that).
     """
     from safetensors import safe_open
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
@@ -394,7 +409,7 @@ def load(path, *, map_location=None) -> UnrolledNet:
     config = dict(meta["config"])
     op = _saved_operator(tensors, config)
     net = NETS[meta["class"]](op, **config)
-    if _is_learned(op):   # built from the trained weights; the net belongs to the operator it started from
+    if _is_learned(op):  # built from the trained weights; the net belongs to the operator it started from
         net.fingerprint = meta["fingerprint"]
     net.load_state_dict(tensors, strict=True)
     if net.fingerprint != meta["fingerprint"]:

@@ -21,23 +21,32 @@ otherwise; "steps" and ALISTA with ``gain="dictionary"`` use D itself: these run
 Steps and thresholds are stored as logarithms in units of the analytic step s₀ (1/L,
 L = ‖D‖₂²; for ALISTA s₀ = 1/‖W̃ᵀD‖₂): α = s₀ e^ρ, β = s₀ e^σ, ρ = σ = 0 at init, so they stay
 positive and an optimiser step changes them by a relative amount; matrices are stored divided
-by the RMS of their analytic value, so every parameter the optimiser sees is of order one. With the analytic init (W_e = I − DᵀD/L, W_x = D/L, W = D) and
-no support selection every net computes ISTA's iterates exactly (a test).
+by the RMS of their analytic value, so every parameter the optimiser sees is of order one. With
+the analytic init (W_e = I − DᵀD/L, W_x = D/L, W = D) and no support selection every net
+computes ISTA's iterates exactly (a test).
 
 Options: ``tied=True`` shares the matrices across layers (TiLISTA, Liu et al. 2019; steps and
 thresholds stay per layer). ``support_selection=True`` (LISTA-CPSS, Chen et al. 2018 eq. 13):
 in layer t the largest p_t % of the entries (in magnitude) that pass the threshold are kept
 untouched, p_t = min(ss_percent·t, ss_max).
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .._validate import choice, nonnegative_float, positive_int
 from .. import operators
-from ..algorithms._common import (CoupledPair, GradientStep, LinearStep, extrapolate, fista_momentum, fused_matrices,
-                                  restart_test)
+from .._validate import choice, nonnegative_float, positive_int
+from ..algorithms._common import (
+    CoupledPair,
+    GradientStep,
+    LinearStep,
+    extrapolate,
+    fista_momentum,
+    fused_matrices,
+    restart_test,
+)
 from ..algorithms.lasso import ADMM, RidgeSolve, admm_step, ista_step
 from ..operators import DenseOperator, as_operator
 from ..problems import Lasso
@@ -47,6 +56,7 @@ PARAMETRIZATIONS = ("full", "coupled", "alista", "steps")
 
 
 # -- ALISTA's analytic gain -------------------------------------------------------------------
+
 
 def alista_objective(W, D) -> float:
     """‖WᵀD‖_F², the Frobenius relaxation of the generalised mutual coherence that ALISTA's gain
@@ -86,7 +96,7 @@ def alista_gain(D, *, tol: float = 1e-12, max_iter: int = 20_000) -> torch.Tenso
 
     G = Dm @ Dm.T
     step = 1.0 / (2 * float(torch.linalg.matrix_norm(G, ord=2)))
-    W = Dm / norms2                      # feasible start
+    W = Dm / norms2  # feasible start
     V, t = W.clone(), torch.ones(1, 1, dtype=torch.float64)
     for _ in range(max_iter):
         W_new = project(V - step * 2 * (G @ V))
@@ -100,6 +110,7 @@ def alista_gain(D, *, tol: float = 1e-12, max_iter: int = 20_000) -> torch.Tenso
 
 
 # -- the networks -------------------------------------------------------------------------------
+
 
 class LISTAFamily(UnrolledNet):
     """``depth`` ISTA layers with some parameters learned, for the Lasso min_z ½‖Dz − y‖² + λ‖z‖₁.
@@ -140,9 +151,21 @@ class LISTAFamily(UnrolledNet):
     PARAMETRIZATION: str | None = None
     TIE_OPTION = True
 
-    def __init__(self, operator, depth: int, lam: float = 0.1, *, init: str = "analytic", tied: bool = False,
-                 parametrization: str | None = None, support_selection: bool = False, ss_percent: float = 1.2,
-                 ss_max: float = 13.0, nonneg: bool = False, gain: str = "coherence"):
+    def __init__(
+        self,
+        operator,
+        depth: int,
+        lam: float = 0.1,
+        *,
+        init: str = "analytic",
+        tied: bool = False,
+        parametrization: str | None = None,
+        support_selection: bool = False,
+        ss_percent: float = 1.2,
+        ss_max: float = 13.0,
+        nonneg: bool = False,
+        gain: str = "coherence",
+    ):
         fixed = self.PARAMETRIZATION
         if fixed is not None and parametrization not in (None, fixed):
             raise ValueError(f"{type(self).__name__} has parametrization {fixed!r}, got {parametrization!r}")
@@ -150,13 +173,19 @@ class LISTAFamily(UnrolledNet):
         lam = nonnegative_float(lam, "lam")
         gain = choice(gain, "gain", ("coherence", "dictionary"))
         if support_selection and param in ("steps",):
-            raise ValueError("support_selection is an option of the full/coupled/alista parametrizations, not of "
-                             "SLISTA (its threshold is tied to its step)")
+            raise ValueError(
+                "support_selection is an option of the full/coupled/alista parametrizations, not of "
+                "SLISTA (its threshold is tied to its step)"
+            )
         if tied and param in ("alista", "steps"):
             raise ValueError(f"tied=True has no meaning for parametrization {param!r} (no per-layer matrices)")
-        config = dict(lam=lam, support_selection=bool(support_selection),
-                      ss_percent=nonnegative_float(ss_percent, "ss_percent"),
-                      ss_max=nonnegative_float(ss_max, "ss_max"), nonneg=bool(nonneg))
+        config = dict(
+            lam=lam,
+            support_selection=bool(support_selection),
+            ss_percent=nonnegative_float(ss_percent, "ss_percent"),
+            ss_max=nonnegative_float(ss_max, "ss_max"),
+            nonneg=bool(nonneg),
+        )
         if fixed is None:
             config["parametrization"] = param
         if param == "alista":
@@ -167,7 +196,7 @@ class LISTAFamily(UnrolledNet):
         self.support_selection = bool(support_selection)
         self.ss_percent, self.ss_max = config["ss_percent"], config["ss_max"]
         s0 = self._build_gain(gain) if param == "alista" else 1.0 / self.op.lipschitz
-        if isinstance(self.op, nn.Module):   # a learned D's L moves with its weights; the step unit must not
+        if isinstance(self.op, nn.Module):  # a learned D's L moves with its weights; the step unit must not
             self.register_buffer("s0", self.scalar(s0))
         else:
             self.s0 = s0
@@ -273,6 +302,7 @@ class LISTAFamily(UnrolledNet):
             Z = ista_step(Z, affine.offset(Y), affine, self.lam * self._beta(t), nonneg=self.nonneg, keep=self.keep(t))
             yield Z
 
+
 _SUBCLASS_SECTIONS = """
     Parameters
     ----------
@@ -360,15 +390,23 @@ class LADMM(UnrolledNet):
 
     TIE_OPTION = True
 
-    def __init__(self, operator, depth: int, lam: float = 0.1, *, init: str = "analytic", tied: bool = False,
-                 rho: float | None = None):
+    def __init__(
+        self,
+        operator,
+        depth: int,
+        lam: float = 0.1,
+        *,
+        init: str = "analytic",
+        tied: bool = False,
+        rho: float | None = None,
+    ):
         lam = nonnegative_float(lam, "lam")
         op = as_operator(operator)
         super().__init__(op, depth, Lasso(op, lam), init=init, tied=tied, lam=lam, rho=rho)
         self.lam = lam
         admm = ADMM(self.problem, rho=rho)
         self.rho0 = admm.rho
-        self.register_buffer("ridge_V", admm.solve.V, persistent=False)        # recomputed, but moved by .to()
+        self.register_buffer("ridge_V", admm.solve.V, persistent=False)  # recomputed, but moved by .to()
         self.register_buffer("ridge_evals", admm.solve.evals, persistent=False)
         self.log_rho = self.layer_list(lambda k: self.scalar(0.0))
         self.log_theta = self.layer_list(lambda k: self.scalar(0.0))
@@ -390,5 +428,14 @@ class LADMM(UnrolledNet):
             yield v
 
 
-__all__ = ["LISTAFamily", "LISTA", "LISTA_CP", "ALISTA", "SLISTA", "LADMM", "alista_gain", "alista_objective",
-           "PARAMETRIZATIONS"]
+__all__ = [
+    "LISTAFamily",
+    "LISTA",
+    "LISTA_CP",
+    "ALISTA",
+    "SLISTA",
+    "LADMM",
+    "alista_gain",
+    "alista_objective",
+    "PARAMETRIZATIONS",
+]

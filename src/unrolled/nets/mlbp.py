@@ -22,14 +22,15 @@ yield the iterates of ``ml_bp(..., method="ml-ista" | "ml-fista")`` and ``Layere
 (``rho``, ``net.rho = …`` on the caller's schedule); at ρ = 0 they are the cascade of
 :class:`~unrolled.algorithms.mlbp.LayeredBP` (ISTA resp. FISTA), another test.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._validate import choice, nonnegative_float
 from .. import operators
+from .._validate import choice, nonnegative_float
 from ..algorithms._common import GradientStep, extrapolate, fista_momentum
 from ..algorithms.lasso import ista_step
 from ..algorithms.mlbp import ml_ista_layers, representations
@@ -87,15 +88,27 @@ class _MultiLayerNet(UnrolledNet):
 
     TIE_OPTION = True
 
-    def __init__(self, operator, depth: int, lams=0.1, *, init: str = "analytic", tied: bool = True,
-                 nonneg: bool = False, mu_scale: float = 1.0, stack: list | None = None):
+    def __init__(
+        self,
+        operator,
+        depth: int,
+        lams=0.1,
+        *,
+        init: str = "analytic",
+        tied: bool = True,
+        nonneg: bool = False,
+        mu_scale: float = 1.0,
+        stack: list | None = None,
+    ):
         ops = list(operator) if isinstance(operator, (list, tuple)) else [operator]
         if not ops:
             raise ValueError("operator must hold at least one dictionary D_1")
         first = operators.learned(as_operator(ops[0], name="D_1"))
         if stack is None:
-            rest = [operators.learned(as_operator(D, dtype=first.dtype, device=first.device, name=f"D_{i}"))
-                    for i, D in enumerate(ops[1:], start=2)]
+            rest = [
+                operators.learned(as_operator(D, dtype=first.dtype, device=first.device, name=f"D_{i}"))
+                for i, D in enumerate(ops[1:], start=2)
+            ]
         else:
             rest = [_placeholder(entry, first.dtype) for entry in stack]
         ops = [first, *rest]
@@ -105,9 +118,17 @@ class _MultiLayerNet(UnrolledNet):
         for i in range(1, len(ops)):
             if ops[i].m != ops[i - 1].n:
                 raise ValueError(f"D_{i + 1} has {ops[i].m} rows but D_{i} has {ops[i - 1].n} columns")
-        super().__init__(first, depth, None, init=init, tied=tied, lams=lams, nonneg=bool(nonneg),
-                         mu_scale=nonnegative_float(mu_scale, "mu_scale", strict=True),
-                         stack=[_stack_entry(op) for op in rest])
+        super().__init__(
+            first,
+            depth,
+            None,
+            init=init,
+            tied=tied,
+            lams=lams,
+            nonneg=bool(nonneg),
+            mu_scale=nonnegative_float(mu_scale, "mu_scale", strict=True),
+            stack=[_stack_entry(op) for op in rest],
+        )
         self.stack = nn.ModuleList(rest)
         self.lams, self.nonneg = lams, bool(nonneg)
         problem = MLBP([op.frozen() for op in ops], lams, mu_scale=mu_scale) if stack is None else None
@@ -115,8 +136,14 @@ class _MultiLayerNet(UnrolledNet):
         self.register_buffer("step_unit", torch.tensor(units, dtype=first.dtype, device=first.device))
         self.log_steps = self.layer_list(lambda t: torch.zeros(len(ops), dtype=first.dtype, device=first.device))
         thetas = self.analytic_thresholds(problem)
-        self.biases = nn.ModuleList([self.layer_list(lambda t, c=_channels(op), theta=theta: torch.full(
-            (c,), -theta, dtype=first.dtype, device=first.device)) for op, theta in zip(ops, thetas)])
+        self.biases = nn.ModuleList(
+            [
+                self.layer_list(
+                    lambda t, c=channels, theta=theta: torch.full((c,), -theta, dtype=first.dtype, device=first.device)
+                )
+                for channels, theta in zip(map(_channels, ops), thetas)
+            ]
+        )
 
     # -- the analytic values (placeholders when loading: the state dict overwrites them) --------------
     def analytic_steps(self, problem: MLBP | None) -> list[float]:
@@ -156,8 +183,9 @@ class _MultiLayerNet(UnrolledNet):
 
     def mlbp(self) -> MLBP:
         """P_ML on (fixed copies of) the current dictionaries and first pass's steps (objective, certificate)."""
-        return MLBP([op.frozen() for op in self.dictionaries], self.lams,
-                    steps=[float(s) for s in self.steps().detach()])
+        return MLBP(
+            [op.frozen() for op in self.dictionaries], self.lams, steps=[float(s) for s in self.steps().detach()]
+        )
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
         """The dictionaries and the steps and biases of pass t (all of them when tied)."""
@@ -186,8 +214,19 @@ class _MLISTAFamily(_MultiLayerNet):
     during training on any schedule, e.g. a sigmoid from 0 to 1 as in the paper, or to 0.5 for
     SVHN; it is saved with the net). Other parameters: see :class:`_MultiLayerNet`."""
 
-    def __init__(self, operator, depth: int, lams=0.1, *, init: str = "analytic", tied: bool = True,
-                 nonneg: bool = False, mu_scale: float = 1.0, rho: float = 1.0, stack: list | None = None):
+    def __init__(
+        self,
+        operator,
+        depth: int,
+        lams=0.1,
+        *,
+        init: str = "analytic",
+        tied: bool = True,
+        nonneg: bool = False,
+        mu_scale: float = 1.0,
+        rho: float = 1.0,
+        stack: list | None = None,
+    ):
         rho = self._checked_rho(rho)
         super().__init__(operator, depth, lams, init=init, tied=tied, nonneg=nonneg, mu_scale=mu_scale, stack=stack)
         self.config["rho"] = rho
@@ -212,8 +251,12 @@ class _MLISTAFamily(_MultiLayerNet):
     def ml_ista_pass(self, previous, Y, steps, thresholds, rho: float) -> list[torch.Tensor]:
         """[z_1, …, z_L] of one step from the layer outputs ``previous`` (None: γ = 0)."""
         hats = None if previous is None else representations(self.dictionaries, previous[-1])
-        return [z for _, z in ml_ista_layers(hats, Y, self.dictionaries, steps, thresholds, nonneg=self.nonneg,
-                                             rho=rho, previous=previous)]
+        return [
+            z
+            for _, z in ml_ista_layers(
+                hats, Y, self.dictionaries, steps, thresholds, nonneg=self.nonneg, rho=rho, previous=previous
+            )
+        ]
 
 
 class MLISTANet(_MLISTAFamily):
@@ -261,8 +304,19 @@ class LayeredBPNet(_MultiLayerNet):
     Others: see :class:`_MultiLayerNet` (``mu_scale`` is not used).
     """
 
-    def __init__(self, operator, depth: int, lams=0.1, *, init: str = "analytic", tied: bool = True,
-                 nonneg: bool = False, mu_scale: float = 1.0, inner: str = "ista", stack: list | None = None):
+    def __init__(
+        self,
+        operator,
+        depth: int,
+        lams=0.1,
+        *,
+        init: str = "analytic",
+        tied: bool = True,
+        nonneg: bool = False,
+        mu_scale: float = 1.0,
+        inner: str = "ista",
+        stack: list | None = None,
+    ):
         inner = choice(inner, "inner", ("ista", "fista"))
         super().__init__(operator, depth, lams, init=init, tied=tied, nonneg=nonneg, mu_scale=mu_scale, stack=stack)
         self.inner = self.config["inner"] = inner
@@ -271,8 +325,11 @@ class LayeredBPNet(_MultiLayerNet):
         return [1.0] * len(self.lams) if problem is None else [1.0 / op.lipschitz for op in problem.ops]
 
     def analytic_thresholds(self, problem):
-        return [0.0] * len(self.lams) if problem is None else \
-            [lam / op.lipschitz for op, lam in zip(problem.ops, self.lams)]
+        return (
+            [0.0] * len(self.lams)
+            if problem is None
+            else [lam / op.lipschitz for op, lam in zip(problem.ops, self.lams)]
+        )
 
     def iterates(self, Y, depth):
         target, passes, L = Y, self.pass_parameters(depth), len(self.lams)

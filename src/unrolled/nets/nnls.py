@@ -19,6 +19,7 @@ sen2024 gives no initialisation); ``"random"`` — i.i.d. N(0, 1/fan_in) matrice
 their analytic values. ``tied``: one set of weights shared by every layer (xie2019 Fig. 1–2)
 or one per layer (sen2024 eq. 5–6). These nets hold full matrices, so they densify the operator.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,7 +42,7 @@ class _NNLSNet(UnrolledNet):
 
     INITS = ("analytic", "paper", "random")
     TIE_OPTION = True
-    LAYERS: dict = {}   # parameter (list) name → the first layer (0-based) that uses its entry 0
+    LAYERS: dict = {}  # parameter (list) name → the first layer (0-based) that uses its entry 0
 
     def __init__(self, operator, depth, *, init, tied, seed, **config):
         op = as_operator(operator)
@@ -57,8 +58,8 @@ class _NNLSNet(UnrolledNet):
         times gains (returned, init 1), so that Adam's step is relative to the step's scale."""
         A = self.dense()
         L = A.lipschitz
-        self.W1 = self.layer_list(lambda k: self.initial(A.gram, random_scale=L / self.n ** 0.5))
-        self.W2 = self.layer_list(lambda k: self.initial(A.A.T, random_scale=L ** 0.5))
+        self.W1 = self.layer_list(lambda k: self.initial(A.gram, random_scale=L / self.n**0.5))
+        self.W2 = self.layer_list(lambda k: self.initial(A.A.T, random_scale=L**0.5))
         self.register_buffer("step_scale", self.scalar(step))
         return nn.ParameterList([nn.Parameter(self.scalar(1.0)) for _ in range(self.depth)])
 
@@ -113,8 +114,17 @@ class LPGD(_NNLSNet):
 
     LAYERS = {"W": 1, "S": 0}
 
-    def __init__(self, operator, depth: int = 3, *, init: str = "analytic", tied: bool = True, skip: bool = True,
-                 step: float | None = None, seed: int = 0):
+    def __init__(
+        self,
+        operator,
+        depth: int = 3,
+        *,
+        init: str = "analytic",
+        tied: bool = True,
+        skip: bool = True,
+        step: float | None = None,
+        seed: int = 0,
+    ):
         step = _optional_step(step)
         if not isinstance(skip, bool):
             raise TypeError(f"skip must be True or False, got {skip!r}")
@@ -165,8 +175,17 @@ class LAPGD(_NNLSNet):
 
     LAYERS = {"W1": 1, "W2": 2, "S": 0}
 
-    def __init__(self, operator, depth: int = 3, *, init: str = "analytic", tied: bool = True, gamma: float = 0.9,
-                 step: float | None = None, seed: int = 0):
+    def __init__(
+        self,
+        operator,
+        depth: int = 3,
+        *,
+        init: str = "analytic",
+        tied: bool = True,
+        gamma: float = 0.9,
+        step: float | None = None,
+        seed: int = 0,
+    ):
         step = _optional_step(step)
         gamma = nonnegative_float(gamma, "gamma")
         super().__init__(operator, depth, init=init, tied=tied, seed=seed, gamma=gamma, step=step)
@@ -184,7 +203,7 @@ class LAPGD(_NNLSNet):
             if k and len(self.S) > 1:
                 b = Y @ self.S[k].T
             W1 = self.at(self.W1, k - 1).T if k else None
-            W2 = self.at(self.W2, k - 2).T if k > 1 else None   # x₀ = 0: W₂ x₀ vanishes in layer 2
+            W2 = self.at(self.W2, k - 2).T if k > 1 else None  # x₀ = 0: W₂ x₀ vanishes in layer 2
             previous = (x_prev,) if W2 is not None else ()
             x_prev, x = x, pgd_step(x, b, LinearStep(W1, None, W2), *previous)
             yield x
@@ -219,8 +238,9 @@ class Vanilla(_NNLSNet):
     TIE_OPTION = False
     LAYERS = {"S": 0, "W": 1, "c": 0}
 
-    def __init__(self, operator, depth: int = 3, *, init: str = "paper", tied: bool = False, bias: bool = False,
-                 seed: int = 0):
+    def __init__(
+        self, operator, depth: int = 3, *, init: str = "paper", tied: bool = False, bias: bool = False, seed: int = 0
+    ):
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be True or False, got {bias!r}")
         if tied is not False:
@@ -272,8 +292,16 @@ class UPGDM(_NNLSNet):
     GAINS = "mu_gain"
     LAYERS = {"W1": 0, "W2": 0, "mu_gain": 0}
 
-    def __init__(self, operator, depth: int = 5, *, init: str = "analytic", tied: bool = False,
-                 step: float | None = None, seed: int = 0):
+    def __init__(
+        self,
+        operator,
+        depth: int = 5,
+        *,
+        init: str = "analytic",
+        tied: bool = False,
+        step: float | None = None,
+        seed: int = 0,
+    ):
         step = _optional_step(step)
         super().__init__(operator, depth, init=init, tied=tied, seed=seed, step=step)
         self.alpha = alpha_of(self.problem, step)
@@ -329,15 +357,24 @@ class LOGD(_NNLSNet):
     GAINS = "eta_gain"
     LAYERS = {"W1": 0, "W2": 0, "eta_gain": 0}
 
-    def __init__(self, operator, depth: int = 5, *, init: str = "analytic", tied: bool = False, power: int = 2,
-                 eta: float | None = None, init_value: float = 0.1, seed: int = 0):
+    def __init__(
+        self,
+        operator,
+        depth: int = 5,
+        *,
+        init: str = "analytic",
+        tied: bool = False,
+        power: int = 2,
+        eta: float | None = None,
+        init_value: float = 0.1,
+        seed: int = 0,
+    ):
         if isinstance(power, bool) or not isinstance(power, int) or power < 2:
             raise ValueError(f"power must be an integer >= 2, got {power!r}")
         if eta is not None:
             eta = nonnegative_float(eta, "eta", strict=True)
         init_value = nonnegative_float(init_value, "init_value", strict=True)
-        super().__init__(operator, depth, init=init, tied=tied, seed=seed, power=power, eta=eta,
-                         init_value=init_value)
+        super().__init__(operator, depth, init=init, tied=tied, seed=seed, power=power, eta=eta, init_value=init_value)
         self.P, self.init_value = power, init_value
         self.eta0 = 1.0 / (power * self.op.lipschitz) if eta is None else eta
         self.eta_gain = self._normal_equation_params(self.eta0)

@@ -6,6 +6,7 @@ one by ``learned(op)``). Every operator has forward/adjoint on rows, ``in_shape`
 ``out_shape``, a cached ``lipschitz`` = ‖A‖₂², a ``fingerprint()`` and ``spec()``, which
 ``from_spec`` turns back into the operator.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ The Lipschitz constant of the data term ½‖Ax − y‖² is L = ‖A‖₂² (
 β = ‖A‖₂²); it is exact (SVD) for small dense operators, power iteration otherwise,
 and cached.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -174,8 +175,17 @@ class Transpose(TransposeMixin, Operator):
         return self.base.to(dtype=dtype, device=device).T
 
 
-def power_iteration(normal, n: int, *, dtype=torch.float64, device=None, iters: int = 1000,
-                    tol: float = 1e-10, seed: int = 0, krylov: int = 32) -> float:
+def power_iteration(
+    normal,
+    n: int,
+    *,
+    dtype=torch.float64,
+    device=None,
+    iters: int = 1000,
+    tol: float = 1e-10,
+    seed: int = 0,
+    krylov: int = 32,
+) -> float:
     """Largest eigenvalue of the PSD map ``normal`` (AᵀA): power iteration refined by Rayleigh–Ritz.
 
     Plain power iteration stalls when the top eigenvalues cluster (smooth convolution
@@ -206,7 +216,7 @@ def power_iteration(normal, n: int, *, dtype=torch.float64, device=None, iters: 
             if norm <= 1e-12 * float(W[j].norm()):
                 break  # invariant subspace: the Ritz values are exact
             V.append(w / norm)
-        basis, images = torch.cat(V[:len(W)]), torch.cat(W)
+        basis, images = torch.cat(V[: len(W)]), torch.cat(W)
         H = basis @ images.T
         evals, evecs = torch.linalg.eigh((H + H.T) / 2)
         theta = float(evals[-1])

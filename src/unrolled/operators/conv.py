@@ -1,4 +1,5 @@
 """Multi-channel, strided 2-D convolutions as operators."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,8 +78,13 @@ class ConvGeometry:
 
     def adjoint(self, R: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Rows r (batch, C_out·H′·W′) ↦ rows (S(k ∗ ·))ᵀ r (batch, C_in·H·W), a transposed convolution."""
-        out = F.conv_transpose2d(R.reshape(R.shape[0], *self.out_shape), weight, stride=self.stride,
-                                 padding=self.padding, output_padding=self.output_padding)
+        out = F.conv_transpose2d(
+            R.reshape(R.shape[0], *self.out_shape),
+            weight,
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self.output_padding,
+        )
         return out.reshape(R.shape[0], -1)
 
 
@@ -159,11 +165,19 @@ class Conv2dOperator(ConvShapes, Operator):
 
     @classmethod
     def from_spec(cls, config: dict, tensors: dict) -> Conv2dOperator:
-        return cls(tensors["kernel"], tuple(config["image_shape"]), stride=tuple(config["stride"]),
-                   padding=tuple(config["padding"]))
+        return cls(
+            tensors["kernel"],
+            tuple(config["image_shape"]),
+            stride=tuple(config["stride"]),
+            padding=tuple(config["padding"]),
+        )
 
     def to(self, dtype=None, device=None):
-        op = Conv2dOperator(self.kernel.to(dtype=dtype or self.dtype, device=device or self.device),
-                            self.in_shape, stride=self.stride, padding=self.padding)
+        op = Conv2dOperator(
+            self.kernel.to(dtype=dtype or self.dtype, device=device or self.device),
+            self.in_shape,
+            stride=self.stride,
+            padding=self.padding,
+        )
         op._lipschitz = self._lipschitz
         return op

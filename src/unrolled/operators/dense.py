@@ -1,4 +1,5 @@
 """A dense matrix as an operator."""
+
 from __future__ import annotations
 
 import torch

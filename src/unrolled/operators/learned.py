@@ -8,6 +8,7 @@ cached, and recomputed when a parameter's version counter or storage changes (an
 optimiser step, ``load_state_dict``, a dtype/device move). Writes through ``.data``
 bypass the version counter; write under ``torch.no_grad()`` instead.
 """
+
 from __future__ import annotations
 
 import torch
@@ -157,8 +158,12 @@ class LearnedConv2d(ConvShapes, LearnedOperator):
 
     @classmethod
     def from_spec(cls, config: dict, tensors: dict) -> LearnedConv2d:
-        return cls(tensors["weight"], tuple(config["image_shape"]), stride=tuple(config["stride"]),
-                   padding=tuple(config["padding"]))
+        return cls(
+            tensors["weight"],
+            tuple(config["image_shape"]),
+            stride=tuple(config["stride"]),
+            padding=tuple(config["padding"]),
+        )
 
 
 class LearnedTranspose(TransposeMixin, LearnedOperator):
