@@ -188,3 +188,16 @@ def test_solve_in_chunks_equals_one_batch(trained, tmp_path):
         assert main(["solve", *args, "--input", str(tmp_path / "y.npy"), "--output", str(out), "--quiet"]) == 0
         np.testing.assert_allclose(np.load(out), expected[0], rtol=0, atol=1e-9)  # alone: its own stopping step
     assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("method, lam", [("nnls", None), ("lasso", 0.5)])
+def test_solve_default_routes(tmp_path, method, lam):
+    """--method nnls / lasso take the library's default route (they were refused as unknown methods)."""
+    A, Y, _ = ur.data.sparse_nonnegative(12, seed=5)
+    np.save(tmp_path / "A.npy", A)
+    np.save(tmp_path / "Y.npy", Y)
+    args = ["solve", "--method", method, "--operator", str(tmp_path / "A.npy"), "--input", str(tmp_path / "Y.npy")]
+    args += ["--output", str(tmp_path / "X.npy"), "--quiet"] + (["--lam", str(lam)] if lam else [])
+    assert main(args) == 0
+    ref = ur.nnls(A, Y) if lam is None else ur.lasso(A, Y, lam)
+    np.testing.assert_allclose(np.load(tmp_path / "X.npy"), ref.x, atol=1e-8)

@@ -259,24 +259,25 @@ def _method_solver(args):
     if args.refine or args.certificates:
         raise UsageError("--refine and --certificates are for a --model's answers; a --method solves to --tol")
     A = _load_array(args.operator, None, "operator")
-    if args.method in ur.solvers.LASSO_METHODS:
+    lasso_methods = {"lasso": None, **{m: m for m in ur.solvers.LASSO_METHODS}}  # "lasso": the default route
+    nnls_methods = {"nnls": None, **{m: m for m in ur.solvers.NNLS_METHODS}}  # "nnls": the default route
+    if args.method in lasso_methods:
         if args.lam is None:
             raise UsageError(f"{args.method} solves a Lasso: give --lam")
+        method = lasso_methods[args.method]
 
         def solve(Y):
-            return ur.lasso(A, Y, args.lam, args.method, tol=args.tol, max_iter=args.max_iter)
-    elif args.method in ur.solvers.NNLS_METHODS:
+            return ur.lasso(A, Y, args.lam, method, tol=args.tol, max_iter=args.max_iter)
+    elif args.method in nnls_methods:
         if args.lam is not None:
-            raise UsageError(
-                f"--lam is for Lasso methods ({', '.join(ur.solvers.LASSO_METHODS)}); {args.method} solves an NNLS"
-            )
+            raise UsageError(f"--lam is for Lasso methods ({', '.join(lasso_methods)}); {args.method} solves an NNLS")
+        method = nnls_methods[args.method]
 
         def solve(Y):
-            return ur.nnls(A, Y, args.method, tol=args.tol, max_iter=args.max_iter)
+            return ur.nnls(A, Y, method, tol=args.tol, max_iter=args.max_iter)
     else:
         raise UsageError(
-            f"--method {args.method!r} unknown; choose one of "
-            f"{', '.join([*ur.solvers.NNLS_METHODS, *ur.solvers.LASSO_METHODS])}"
+            f"--method {args.method!r} unknown; choose one of {', '.join([*nnls_methods, *lasso_methods])}"
         )
 
     def apply(Y):
@@ -441,7 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("solve", help="apply a trained model or a classical solver to a .npy/.npz")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--model")
-    g.add_argument("--method")
+    g.add_argument(
+        "--method",
+        help="nnls or lasso (the fastest certified route), or a method by name: "
+        "pgd, apgd, ogd, active-set, ista, fista, oista, admm",
+    )
     s.add_argument("--operator")
     s.add_argument("--input", required=True)
     s.add_argument("--key", default=None, help="array name inside an .npz input")
