@@ -11,10 +11,9 @@ from __future__ import annotations
 import importlib
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+from .._threads import threads  # noqa: F401  (the experiments run their small problems on one thread)
 
 EXPERIMENTS: dict[str, dict] = {}
 MODULES = ["xie2019", "sen2024", "sulam2018", "moreau", "chen2018", "certified"]
@@ -40,18 +39,6 @@ def _load_all() -> None:
 def available() -> dict[str, dict]:
     _load_all()
     return dict(sorted(EXPERIMENTS.items()))
-
-
-@contextmanager
-def threads(n: int):
-    """Run the block with ``n`` torch threads, then restore. Small problems run fastest on one
-    thread; on a shared machine a second thread can make them many times slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def format_table(rows) -> str:
