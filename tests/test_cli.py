@@ -136,6 +136,16 @@ def test_reproduce_lists_experiments(capsys):
     assert "xie-table1" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "args, culprit",
+    [(["--device", "cuda"], "--device"), (["--paper"], "--paper"), (["--data", "mnist"], "NAME=PATH")],
+)
+def test_reproduce_refuses_an_option_the_experiment_does_not_take(tmp_path, capsys, args, culprit):
+    rc = main(["reproduce", "sulam-synthetic", "--quick", "--out", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and culprit in err and len(err.strip().splitlines()) == 1
+
+
 def test_train_lista_unsupervised_from_config(tmp_path):
     (tmp_path / "lista.toml").write_text("""
 [data]

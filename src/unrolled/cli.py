@@ -403,9 +403,23 @@ def cmd_reproduce(args) -> int:
         for name, e in available().items():
             print(f"{name:26s} {e['paper']:12s} {e['what']}")
         return 0
+    data = _named_paths(args.data)
     with threads(args.threads):
-        reproduce(args.name, quick=args.quick, out=args.out, seed=args.seed)
+        reproduce(
+            args.name, quick=args.quick, out=args.out, seed=args.seed, device=args.device, data=data, paper=args.paper
+        )
     return 0
+
+
+def _named_paths(items) -> dict:
+    """``["mnist=/path", ...]`` → ``{"mnist": "/path"}``; a malformed item is refused by name."""
+    named = {}
+    for item in items or []:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise ValueError(f"--data {item!r}: expected NAME=PATH")
+        named[key.strip().lower()] = path
+    return named
 
 
 def cmd_demo(args) -> int:
@@ -429,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--list", action="store_true")
     r.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own count)")
+    r.add_argument("--device", default=None, help="cpu or cuda, for the experiments that take it")
+    r.add_argument("--data", action="append", metavar="NAME=PATH", help="a data set's path (repeatable)")
+    r.add_argument("--paper", action="store_true", help="the paper's exact protocol, however long it takes")
     r.set_defaults(fn=cmd_reproduce)
 
     t = sub.add_parser("train", help="train a network from a TOML config (checkpoints, resumes)")

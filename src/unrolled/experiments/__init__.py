@@ -1,14 +1,17 @@
 """The papers' experiments, one module per paper, run by ``unrolled reproduce NAME``.
 
-An experiment is a function ``run(quick: bool, out: Path, seed: int) -> dict`` registered
-with ``@experiment("name", paper=..., what=...)``. It writes ``results.json`` and PNG
-figures into ``out`` (through :func:`finish`) and returns the results dict, whose
+An experiment is a function ``run(quick: bool, out: Path, seed: int, **options) -> dict`` registered
+with ``@experiment("name", paper=..., what=...)``. The options it may take, each only if its signature
+names it: ``device`` (``"cpu"``/``"cuda"``), ``data`` (a dict data-set name → path, from
+``--data NAME=PATH``) and ``paper`` (``True``: the paper's exact protocol, however long).
+It writes ``results.json`` and PNG figures into ``out`` (through :func:`finish`) and returns the results dict, whose
 ``"table"`` (a list of rows, first row the header) is printed.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -70,13 +73,29 @@ def finish(out: Path, name: str, results: dict, figures: dict | None = None, *, 
     return results
 
 
-def reproduce(name: str, *, quick: bool = False, out=None, seed: int = 0) -> dict:
-    """Run experiment ``name``; print its table and the time; return its results."""
+def _accepted(fn, name: str, options: dict) -> dict:
+    """The options that were set, refused by name when the experiment does not take them."""
+    params = inspect.signature(fn).parameters
+    given = {k: v for k, v in options.items() if v not in (None, False, {})}
+    for key in given:
+        if key not in params:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"experiment {name!r} does not take {flag}")
+    return given
+
+
+def reproduce(name: str, *, quick: bool = False, out=None, seed: int = 0, **options) -> dict:
+    """Run experiment ``name``; print its table and the time; return its results.
+
+    ``options`` (``device``, ``data``, ``paper``) reach the experiment only when set, and an
+    experiment that does not take a set option refuses it by name.
+    """
     exps = available()
     if name not in exps:
         raise ValueError(f"unknown experiment {name!r}; available: {', '.join(exps)}")
+    given = _accepted(exps[name]["run"], name, options)
     out = Path(out) if out is not None else Path("results") / name
-    results = exps[name]["run"](quick=quick, out=out, seed=seed)
+    results = exps[name]["run"](quick=quick, out=out, seed=seed, **given)
     if results.get("table"):
         print(format_table(results["table"]))
     print(f"[{name}] {'quick' if quick else 'full'} run in {results.get('seconds', 0):.1f} s; results in {out}")
