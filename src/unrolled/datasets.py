@@ -36,7 +36,7 @@ BLOCK = 4096
 def _sha(values) -> str:
     h = hashlib.sha256()
     for v in values:
-        t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).detach().cpu().contiguous()
+        t = (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))).detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
@@ -131,7 +131,10 @@ class FreshSamples(IterableDataset):
 
 
 def _stack(values, name: str, width: int, dtype, device) -> torch.Tensor:
-    t = torch.stack([torch.as_tensor(v) for v in values]) if values else torch.zeros(0, width)
+    if isinstance(values, torch.Tensor):
+        t = values
+    else:
+        t = torch.stack([torch.as_tensor(v) for v in values]) if values else torch.zeros(0, width)
     if t.dim() != 2 or t.shape[1] != width:
         raise ValueError(f"{name} items must have {width} entries, got shape {tuple(t.shape[1:])}")
     t = t.to(dtype=dtype, device=device)
@@ -199,13 +202,14 @@ class ArrayRows(_Source):
             raise ValueError(f"{self.name}Y must have shape (rows, {self.m}), got {Y.shape}")
         if not len(Y):
             raise ValueError(f"{self.name}Y is empty")
-        if X is not None and (X.ndim != 2 or X.shape[0] != Y.shape[0]):
+        if X is not None and (X.ndim != 2 or X.shape != (Y.shape[0], self.n)):
             raise ValueError(f"{self.name}X must have shape ({Y.shape[0]}, {self.n}), got {X.shape}")
         self.Y, self.X, self.rows = Y, X, len(Y)
 
     def take(self, idx: torch.Tensor):
         rows = idx.cpu().numpy()
-        return self._pair(list(np.asarray(self.Y[rows])), None if self.X is None else list(np.asarray(self.X[rows])))
+        X = None if self.X is None else torch.from_numpy(np.array(self.X[rows]))
+        return self._pair(torch.from_numpy(np.array(self.Y[rows])), X)
 
     def fingerprint(self) -> list:
         return [array_fingerprint(self.Y), None if self.X is None else array_fingerprint(self.X)]
