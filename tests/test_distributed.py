@@ -221,3 +221,8 @@ def test_config_memmap_and_fresh_generator(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text(mm.replace("Y.npy", "Y.npz") + model)
     assert main(["train", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "[data] path must name a .npy file" in capsys.readouterr().err
+    for device, says in (("gpu", "is not a device"), ("cuda", "no CUDA device")):
+        if device == "cuda" and torch.cuda.is_available():
+            continue
+        assert main(["train", str(tmp_path / "mm.toml"), "--out", str(tmp_path / "d"), "--device", device]) == 2
+        assert says in capsys.readouterr().err

@@ -200,11 +200,12 @@ def cmd_train(args) -> int:
     from . import distributed
 
     try:
-        device = distributed.device(args.device)
+        requested = torch.device(args.device)
     except RuntimeError:
         raise UsageError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if requested.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: no CUDA device is available here")
+    device = distributed.device(requested)
     distributed.init(device)
     try:
         return _train_run(args, device, lead=distributed.rank() == 0)

@@ -43,7 +43,12 @@ def device(requested: str | torch.device | None) -> torch.device:
     """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` under ``torchrun``."""
     dev = torch.device(requested or "cpu")
     if dev.type == "cuda" and dev.index is None and launched():
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        local, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local >= count:
+            raise ValueError(
+                f"local rank {local} needs GPU {local} but this machine has {count}; start fewer processes"
+            )
+        dev = torch.device("cuda", local)
     return dev
 
 
