@@ -5,6 +5,11 @@ epoch and the best weights kept; a guard that restores the epoch's starting weig
 halves the rate when the loss turns NaN/inf; atomic checkpoints (safetensors + JSON) that
 a killed run resumes from. Shuffling is seeded per epoch, so a resumed run follows the
 same path as an uninterrupted one.
+
+The rows come from tensors, a ``torch.utils.data`` Dataset / IterableDataset or a
+memory-mapped array (:mod:`unrolled.datasets`). Under ``torchrun`` every rank takes its share
+of each global batch and the gradients are summed over the ranks (:mod:`unrolled.distributed`);
+rank 0 validates, shows progress and writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -433,11 +438,16 @@ def train(
     ----------
     net : UnrolledNet
         The network to fit, in place.
-    Y : array or tensor, shape (N, m)
-        Training measurements, one signal per row.
+    Y : array or tensor, shape (N, m); memory-mapped array; Dataset or IterableDataset
+        Training measurements, one signal per row. A memory-mapped array (``np.load(path,
+        mmap_mode="r")``) is read a batch of rows at a time; a ``torch.utils.data.Dataset``
+        gives items y, shape (m,), or (y, x); an ``IterableDataset`` (e.g.
+        :class:`unrolled.datasets.FreshSamples`) is read once per epoch in its own order,
+        each rank reading its own items under ``torchrun``.
     X : array or tensor, shape (N, n), optional
         Targets; required for ``loss="supervised"``, computed (the Lasso solutions) for
-        ``"semi-supervised"`` when None, unused for ``"unsupervised"``.
+        ``"semi-supervised"`` when None (in-memory ``Y`` only), unused for ``"unsupervised"``.
+        None when ``Y`` is a dataset (its items carry x).
     loss : {"supervised", "semi-supervised", "unsupervised"}
         ``"supervised"``: mean ‖x̂ − x‖² (xie2019 §2; sen2024 eq. 7); ``"semi-supervised"``: the
         same with x the Lasso solution; ``"unsupervised"``: the problem's objective F_y(x̂)
@@ -446,10 +456,11 @@ def train(
         Passes over the data, rows per step, and Adam's initial rate; None takes the net
         family's default (:mod:`unrolled.defaults`).
     val : (Y_val, X_val) or Y_val, optional
-        Validation data, shapes (N_val, m) and (N_val, n); without it the training loss
-        chooses the best epoch.
+        Validation data, shapes (N_val, m) and (N_val, n), of the kinds ``Y`` and ``X`` take;
+        without it the training loss chooses the best epoch.
     seed : int
-        Seeds the per-epoch shuffling, so a resumed run follows an uninterrupted one.
+        Seeds the per-epoch shuffling, so a resumed run follows an uninterrupted one (with
+        any number of ``torchrun`` processes: ``batch_size`` is the global batch).
     progress : bool
         Show a progress bar.
     checkpoint : path, optional
