@@ -21,8 +21,9 @@ from torch.utils.data import IterableDataset, TensorDataset
 import unrolled as ur
 from unrolled import distributed
 from unrolled.cli import main
-from unrolled.datasets import FreshSamples, array_fingerprint
+from unrolled.datasets import FreshSamples, array_fingerprint, source
 from unrolled.nets.base import load_tensors
+from unrolled.training import _batches
 
 # 151 rows in global batches of 50: the last one (1 row) leaves rank 1 an empty share
 CONFIG = """
@@ -204,6 +205,26 @@ def test_fresh_samples_are_new_each_epoch_reproducible_and_dealt_to_ranks(monkey
     share = rows(0)
     assert share.shape == (4, 10) and not torch.equal(share, first[:4])
     assert distributed.rank() == 1 and distributed.shard(torch.arange(5)).tolist() == [1, 3]
+
+
+def test_each_rank_gets_its_share_of_every_global_batch(monkeypatch):
+    A, Y, X = _problem(51)
+    ds = TensorDataset(torch.as_tensor(Y), torch.as_tensor(X))
+    data = source(ds, None, name="", m=10, n=20, needs_x=True, dtype=torch.float64, device="cpu")
+    cfg = {"batch_size": 25}
+    shares = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        shares.append(list(_batches(data, cfg, seed=1, epoch=0)))
+    monkeypatch.delenv("RANK")
+    whole = list(_batches(data, cfg, seed=1, epoch=0))
+    assert [len(b[0]) for b in whole] == [25, 25, 1]
+    assert shares[1][-1] is None  # the 1-row batch leaves rank 1 nothing
+    for k, batch in enumerate(whole):  # rank r holds rows r, r + 2, … of the one-process batch
+        for rank, share in enumerate(s[k] for s in shares):
+            for got, want in zip(share or (), batch):
+                torch.testing.assert_close(got, want[rank::2], rtol=0, atol=0)
 
 
 def test_config_memmap_and_fresh_generator(tmp_path, capsys):

@@ -131,10 +131,7 @@ class FreshSamples(IterableDataset):
 
 
 def _stack(values, name: str, width: int, dtype, device) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        t = values
-    else:
-        t = torch.stack([torch.as_tensor(v) for v in values]) if values else torch.zeros(0, width)
+    t = values if isinstance(values, torch.Tensor) else torch.stack([torch.as_tensor(v) for v in values])
     if t.dim() != 2 or t.shape[1] != width:
         raise ValueError(f"{name} items must have {width} entries, got shape {tuple(t.shape[1:])}")
     t = t.to(dtype=dtype, device=device)

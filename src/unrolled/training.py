@@ -283,7 +283,8 @@ def _snapshot(net, opt) -> tuple[dict, dict]:
 
 def _batches(data, cfg: dict, seed: int, epoch: int):
     """This rank's (Y, X) of each global batch of the epoch: in the epoch's seeded order of the
-    rows (every rank draws the same order and keeps its share), or in a stream's own order."""
+    rows (every rank draws the same order and keeps its share; None for an empty share), or in
+    a stream's own order."""
     if data.rows is None:
         data.set_epoch(epoch)
         yield from data.stream(cfg["batch_size"])
@@ -291,7 +292,8 @@ def _batches(data, cfg: dict, seed: int, epoch: int):
     N, batch = data.rows, cfg["batch_size"]
     order = torch.randperm(N, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     for i in range(0, N, batch):
-        yield data.take(distributed.shard(order[i : i + batch]))
+        share = distributed.shard(order[i : i + batch])
+        yield data.take(share) if len(share) else None
 
 
 def _update(opt, params, cfg: dict) -> None:
