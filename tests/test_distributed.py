@@ -1,9 +1,10 @@
 """Data-parallel training under torchrun (gloo, CPU) and data through torch.utils.data.
 
-A 2-process run gives the weights of a 1-process run with the same global batch and seed; a
-run whose rank dies by SIGKILL resumes (in one process) from its last checkpoint and ends
-where an uninterrupted run ends. A Dataset, an IterableDataset and a memory-mapped array give
-exactly what the same rows as tensors give; FreshSamples is reproducible per epoch and rank.
+A 2-process run gives the weights of a 1-process run with the same global batch and seed (its
+checkpoint after 2 epochs; the whole run in a slow test); a run whose rank dies by SIGKILL
+resumes (in one process) from its last checkpoint and ends where an uninterrupted run ends.
+A Dataset, an IterableDataset and a memory-mapped array give exactly what the same rows as
+tensors give; FreshSamples is reproducible per epoch and rank.
 """
 
 import json
@@ -101,6 +102,7 @@ def reference(config):
     return _weights(out), json.loads((out / "history.json").read_text())
 
 
+@pytest.mark.slow  # its fast sibling: the killed run's epoch-2 checkpoint equals the 1-process one
 def test_two_processes_give_the_one_process_weights(config, reference, tmp_path):
     out = tmp_path / "two"
     run = _torchrun("-m", "unrolled.cli", "train", str(config), "--out", str(out), "--quiet")
@@ -112,14 +114,35 @@ def test_two_processes_give_the_one_process_weights(config, reference, tmp_path)
     np.testing.assert_allclose(hist["val_loss"], reference[1]["val_loss"], rtol=1e-10)
 
 
-def test_a_killed_rank_then_a_rerun_on_one_process_resumes(config, reference, tmp_path):
+def _stopped_at_step_11(config, out, monkeypatch) -> tuple[dict, dict]:
+    """The checkpoint (tensors, metadata) of a 1-process run stopped by Ctrl-C at step 11 (epoch 3)."""
+    calls, step = {"n": 0}, torch.optim.Adam.step
+
+    def stops(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return step(*a, **k)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.optim.Adam, "step", stops)
+        assert main(["train", str(config), "--out", str(out), "--quiet"]) == 130
+    return load_tensors(out / "checkpoint.safetensors")
+
+
+def test_a_killed_rank_then_a_rerun_on_one_process_resumes(config, reference, tmp_path, monkeypatch):
     out, script = tmp_path / "killed", tmp_path / "dies.py"
     script.write_text(DIES)
     run = _torchrun(str(script), "train", str(config), "--out", str(out), "--quiet")
     assert run.returncode != 0
     assert "Signals.SIGKILL" in run.stderr or "-9" in run.stderr, run.stderr[-3000:]
     assert not (out / "model.safetensors").exists()
-    assert load_tensors(out / "checkpoint.safetensors")[1]["epoch"] == 2
+    tensors, meta = load_tensors(out / "checkpoint.safetensors")
+    assert meta["epoch"] == 2
+    # two processes took the steps of one: weights, best weights and Adam's moments after 2 epochs
+    one_tensors, one_meta = _stopped_at_step_11(config, tmp_path / "one", monkeypatch)
+    _close(tensors, one_tensors)
+    np.testing.assert_allclose(meta["history"]["train_loss"], one_meta["history"]["train_loss"], rtol=1e-10)
     assert main(["train", str(config), "--out", str(out), "--quiet"]) == 0  # another number of processes
     assert json.loads((out / "history.json").read_text())["resumed_from"] == 2
     _close(_weights(out), reference[0])
