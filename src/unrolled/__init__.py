@@ -6,6 +6,7 @@ by unrolling their steps (``unrolled.nets``). See the README for the list and so
 
 from . import data, metrics, nets
 from .certified import certify, refine
+from .datasets import FreshSamples
 from .nets import load
 from .operators import (
     Conv2dOperator,
@@ -37,6 +38,7 @@ __all__ = [
     "metrics",
     "Result",
     "TrainHistory",
+    "FreshSamples",
     "NNLS",
     "Lasso",
     "MLBP",

@@ -126,16 +126,25 @@ def _data(cfg: dict) -> dict:
     counts = {"n_train": {"int"}, "n_val": {"int"}}
     if not isinstance(cfg, dict):
         raise ConfigError(f"[data] must be a table, got {cfg!r}")
+    if "file" in cfg and "path" in cfg:
+        raise ConfigError("[data] takes file = ... (an .npz read whole) or path = ... (a .npy memory-mapped), not both")
     if "file" in cfg:
         data = dict(_check_keys("[data] ", cfg, {"file": {"str"}, "n_val": {"int"}}))
+    elif "path" in cfg:
+        data = dict(_check_keys("[data] ", cfg, {"path": {"str"}, "targets": {"str"}, "n_val": {"int"}}))
+        for key in ("path", "targets"):
+            if key in data and not data[key].endswith(".npy"):
+                raise ConfigError(f"[data] {key} must name a .npy file (it is read memory-mapped), got {data[key]!r}")
     else:
         if "generator" not in cfg:
             raise ConfigError(
-                "[data] needs file = \"data.npz\" or generator = " + "|".join(map(repr, sorted(GENERATORS)))
+                "[data] needs file = \"data.npz\", path = \"Y.npy\" or generator = "
+                + "|".join(map(repr, sorted(GENERATORS)))
             )
         _choice("[data] ", "generator", cfg["generator"], sorted(GENERATORS))
         allowed = {
             "generator": {"str"},
+            "fresh": {"bool"},
             **counts,
             **_signature_kinds(GENERATORS[cfg["generator"]], GENERATOR_SET_BY_CLI),
         }

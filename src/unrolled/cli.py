@@ -75,19 +75,27 @@ def _check_size(rows: int, A, gen, params: dict) -> None:
 
 
 def _data_from(cfg: dict, A, seed: int):
-    """(A, Y, X, Y_val, X_val) from an .npz file (Y and optionally X) or a named generator."""
+    """(A, Y, X, Y_val, X_val) from an .npz file (Y and optionally X), memory-mapped .npy files
+    (``path``, ``targets``) or a named generator (``fresh``: new training samples every epoch).
+    The validation rows are the first ``n_val``; the training rows the others."""
     from .data import GENERATORS
 
-    if "file" in cfg:
+    if "file" in cfg or "path" in cfg:
         if A is None:
-            raise UsageError("[data] file = ... needs an [operator]")
-        Y = _load_array(cfg["file"], "Y", "data")
-        with np.load(cfg["file"]) as z:
-            X = z["X"] if "X" in z else None
+            raise UsageError(f"[data] {'file' if 'file' in cfg else 'path'} = ... needs an [operator]")
+        if "file" in cfg:
+            Y = _load_array(cfg["file"], "Y", "data")
+            with np.load(cfg["file"]) as z:
+                X = z["X"] if "X" in z else None
+        else:
+            Y = _load_array(cfg["path"], None, "data", mmap=True)
+            X = _load_array(cfg["targets"], None, "targets", mmap=True) if "targets" in cfg else None
         n_val = cfg.get("n_val", max(1, len(Y) // 10))
+    elif cfg.get("fresh", False):
+        return _fresh_from(cfg, A, seed)
     else:
         gen = GENERATORS[cfg["generator"]]
-        params = {k: v for k, v in cfg.items() if k not in ("generator", "n_train", "n_val")}
+        params = {k: v for k, v in cfg.items() if k not in ("generator", "n_train", "n_val", "fresh")}
         n_val = cfg["n_val"]
         _check_size(cfg["n_train"] + n_val, A, gen, params)
         A, Y, X = gen(cfg["n_train"] + n_val, A=A, seed=seed, **params)
@@ -99,7 +107,25 @@ def _data_from(cfg: dict, A, seed: int):
     return A, Y, X, Yv, Xv
 
 
+def _fresh_from(cfg: dict, A, seed: int):
+    """(A, FreshSamples, None, Y_val, X_val): ``n_train`` new samples every epoch, a fixed validation set."""
+    from .data import GENERATORS
+    from .datasets import BLOCK, FreshSamples
+
+    gen = GENERATORS[cfg["generator"]]
+    params = {k: v for k, v in cfg.items() if k not in ("generator", "n_train", "n_val", "fresh")}
+    n_val = cfg["n_val"]
+    _check_size(n_val + BLOCK, A, gen, params)
+    A, Yv, Xv = gen(max(n_val, 1), A=A, seed=seed, **params)
+    data = FreshSamples(cfg["generator"], cfg["n_train"], A=A, seed=seed, **params)
+    return A, data, None, (Yv if n_val else None), (Xv if n_val and Xv is not None else None)
+
+
 OUTPUTS = ("checkpoint.safetensors", "model.safetensors", "history.json", "config.toml", "operator.npy")
+
+
+def _out_path(args, cfg: dict, cfg_path: Path) -> Path:
+    return Path(args.out or cfg.get("out", Path("runs") / cfg_path.stem))
 
 
 def _out_dir(args, cfg: dict, cfg_path: Path) -> Path:
@@ -107,7 +133,7 @@ def _out_dir(args, cfg: dict, cfg_path: Path) -> Path:
     without a previous run's files."""
     from .nets.base import remove_stale_temps
 
-    out = Path(args.out or cfg.get("out", Path("runs") / cfg_path.stem))
+    out = _out_path(args, cfg, cfg_path)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
     try:
@@ -151,8 +177,8 @@ def _read_config(path: Path) -> dict:
         raise UsageError(f"{path} is not valid TOML: {exc}") from None
 
 
-def _build(cfg: dict, n_threads: int | None):
-    """(A, Y, X, Y_val, X_val, net) of a resolved config."""
+def _build(cfg: dict, n_threads: int | None, device=None):
+    """(A, Y, X, Y_val, X_val, net) of a resolved config; the net on ``device``."""
     import torch
 
     from ._threads import threads
@@ -164,27 +190,48 @@ def _build(cfg: dict, n_threads: int | None):
         A, Y, X, Yv, Xv = _data_from(cfg["data"], A, cfg["seed"] + 1)
         model = dict(cfg["model"])
         name, dtype = model.pop("name"), _dtype(model.pop("dtype"))
-        return A, Y, X, Yv, Xv, NETS[name](torch.as_tensor(A, dtype=dtype), **model)
+        return A, Y, X, Yv, Xv, NETS[name](torch.as_tensor(A, dtype=dtype, device=device), **model)
 
 
 def cmd_train(args) -> int:
+    """Train from a config; under ``torchrun`` every rank trains its shard and rank 0 writes."""
+    import torch
+
+    from . import distributed
+
+    try:
+        requested = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:N)") from None
+    if requested.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device is available here")
+    device = distributed.device(requested)
+    distributed.init(device)
+    try:
+        return _train_run(args, device, lead=distributed.rank() == 0)
+    finally:
+        distributed.finish()
+
+
+def _train_run(args, device, lead: bool) -> int:
     import unrolled as ur
 
     from .training import data_fingerprint, resume_conflict
 
     cfg_path = Path(args.config)
     cfg = _read_config(cfg_path)
-    out = _out_dir(args, cfg, cfg_path)
+    out = _out_dir(args, cfg, cfg_path) if lead else _out_path(args, cfg, cfg_path)
     ckpt = out / "checkpoint.safetensors"
-    A, Y, X, Yv, Xv, net = _build(cfg, args.threads)
+    A, Y, X, Yv, Xv, net = _build(cfg, args.threads, device)
     seed, name = cfg["seed"], cfg["model"]["name"]
     config = {k: v for k, v in cfg.items() if k != "out"}  # where the run is written does not change it
     run = {"config": config, "data": data_fingerprint(A, Y, X, Yv, Xv)}
-    conflict = resume_conflict(ckpt, {"run": run}) if ckpt.exists() else None
+    conflict = resume_conflict(ckpt, {"run": run}) if ckpt.exists() and not args.fresh else None
     if conflict:
         raise UsageError(f"{conflict}; rerun with --fresh to start afresh, or choose another --out")
-    (out / "config.toml").write_text(cfg_path.read_text())
-    np.save(out / "operator.npy", A)
+    if lead:
+        (out / "config.toml").write_text(cfg_path.read_text())
+        np.save(out / "operator.npy", A)
     tcfg = cfg["train"]
     loss = tcfg.get("loss", "supervised")
     val = None if Yv is None else (Yv, Xv) if Xv is not None and loss != "unsupervised" else Yv
@@ -195,7 +242,7 @@ def cmd_train(args) -> int:
             X if loss == "supervised" else None,
             val=val,
             seed=seed,
-            progress=not args.quiet,
+            progress=not args.quiet and lead,
             checkpoint=ckpt,
             threads=args.threads,
             run=run,
@@ -208,6 +255,8 @@ def cmd_train(args) -> int:
             f"{exc.strerror or exc} writing {exc.filename or out}; the last checkpoint "
             f"(epoch {_checkpoint_epoch(ckpt)}) is intact: free space and rerun to resume"
         ) from None
+    if not lead:
+        return 0
     net.save(out / "model.safetensors", extra={"train": tcfg})
     (out / "history.json").write_text(json.dumps(hist.to_dict(), indent=2))
     print(
@@ -454,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--fresh", action="store_true", help="discard the previous run in --out instead of resuming")
     t.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    t.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's own GPU)")
     t.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("solve", help="apply a trained model or a classical solver to a .npy/.npz")

@@ -5,6 +5,11 @@ epoch and the best weights kept; a guard that restores the epoch's starting weig
 halves the rate when the loss turns NaN/inf; atomic checkpoints (safetensors + JSON) that
 a killed run resumes from. Shuffling is seeded per epoch, so a resumed run follows the
 same path as an uninterrupted one.
+
+The rows come from tensors, a ``torch.utils.data`` Dataset / IterableDataset or a
+memory-mapped array (:mod:`unrolled.datasets`). Under ``torchrun`` every rank takes its share
+of each global batch and the gradients are summed over the ranks (:mod:`unrolled.distributed`);
+rank 0 validates, shows progress and writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._threads import default_threads
 from ._threads import threads as torch_threads
 from ._validate import as_batch, choice, nonnegative_float, positive_int
+from .datasets import TensorRows, array_fingerprint, dataset_fingerprint, is_data_source, source
 from .defaults import AUTO, resolve
 from .nets.base import load_tensors, remove_stale_temps, save_tensors
 from .operators import LearnedOperator, as_operator
@@ -84,7 +92,12 @@ def _loss_fn(net, loss: str, layer_weights):
 
 
 def _prepare(net, Y, X, name, loss):
+    """The rows of ``Y`` (and ``X``) as a source: checked tensors, or a lazily read dataset / memmap."""
     dtype, device = net.operator.dtype, net.operator.device
+    if is_data_source(Y):
+        if loss == "semi-supervised" and X is None and isinstance(Y, np.memmap):
+            raise ValueError(f"{name}X is required for semi-supervised training from a memory-mapped {name}Y")
+        return source(Y, X, name=name, m=net.m, n=net.n, needs_x=loss != "unsupervised", dtype=dtype, device=device)
     Y_t, _ = as_batch(Y, f"{name}Y", net.m, dtype=dtype, device=device)
     if loss == "semi-supervised" and X is None:
         X_t = lasso_targets(net, Y_t)
@@ -96,7 +109,7 @@ def _prepare(net, Y, X, name, loss):
         X_t, _ = as_batch(X, f"{name}X", net.n, dtype=dtype, device=device)
     if loss != "unsupervised" and X_t.shape[0] != Y_t.shape[0]:
         raise ValueError(f"{name}X has {X_t.shape[0]} rows but {name}Y has {Y_t.shape[0]}")
-    return Y_t, X_t
+    return TensorRows(Y_t, X_t, given_x=X is not None)
 
 
 def _optim_tensors(opt) -> tuple[dict, list]:
@@ -152,11 +165,17 @@ def _param_groups(net, params) -> list[dict]:
 
 
 def data_fingerprint(*arrays) -> str:
-    """sha256 over the dtype, shape and bytes of each array (None counts as absent)."""
+    """sha256 over the dtype, shape and bytes of each array (None counts as absent; a string, e.g.
+    a dataset's or memory-mapped file's own fingerprint (:mod:`unrolled.datasets`), as its text)."""
     h = hashlib.sha256()
     for a in arrays:
         if a is None:
             h.update(b"none")
+            continue
+        if is_data_source(a):
+            a = dataset_fingerprint(a) if not isinstance(a, np.memmap) else array_fingerprint(a)
+        if isinstance(a, str):
+            h.update(a.encode())
             continue
         t = torch.as_tensor(a).detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
@@ -262,25 +281,89 @@ def _snapshot(net, opt) -> tuple[dict, dict]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}, opt_state
 
 
-def _pass(opt, params, loss_of, Y_t, X_t, cfg: dict, seed: int, epoch: int) -> float | None:
-    """One pass over the data in the epoch's seeded order; the mean loss, or None if it turned NaN/inf."""
-    N, batch = Y_t.shape[0], cfg["batch_size"]
+def _batches(data, cfg: dict, seed: int, epoch: int):
+    """This rank's (Y, X) of each global batch of the epoch: in the epoch's seeded order of the
+    rows (every rank draws the same order and keeps its share; None for an empty share), or in
+    a stream's own order."""
+    if data.rows is None:
+        data.set_epoch(epoch)
+        yield from data.stream(cfg["batch_size"])
+        return
+    N, batch = data.rows, cfg["batch_size"]
     order = torch.randperm(N, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    total = 0.0
     for i in range(0, N, batch):
-        idx = order[i : i + batch].to(Y_t.device)
-        value = loss_of(Y_t[idx], X_t[idx], cfg["depth"])
-        if not torch.isfinite(value):
-            return None
-        opt.zero_grad(set_to_none=True)
+        share = distributed.shard(order[i : i + batch])
+        yield data.take(share) if len(share) else None
+
+
+def _update(opt, params, cfg: dict) -> None:
+    if cfg["clip"] is not None:
+        torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
+    opt.step()
+
+
+def _local_step(opt, params, loss_of, batch, cfg: dict):
+    """One step on ``batch`` in this process: (loss × rows, rows); (0, 0) without a batch, None if not finite."""
+    if batch is None:
+        return 0.0, 0
+    value = loss_of(*batch, cfg["depth"])
+    if not torch.isfinite(value):
+        return None
+    opt.zero_grad(set_to_none=True)
+    value.backward()
+    _update(opt, params, cfg)
+    return float(value.detach()) * batch[0].shape[0], batch[0].shape[0]
+
+
+def _reduced_step(opt, params, loss_of, batch, cfg: dict):
+    """One step on the global batch whose share ``batch`` (or None) this rank holds.
+
+    Each rank's gradient of its mean loss is weighted by its row count; one all-reduce sums
+    them with the loss sums, the counts and which parameters got a gradient, so the step is
+    the one-process step on the whole batch, however the rows were dealt (even none).
+    Returns (loss × rows, rows) over all ranks: (0, 0) when every rank is out of data, None
+    if the loss is not finite on some rank.
+    """
+    opt.zero_grad(set_to_none=True)
+    n = 0 if batch is None else batch[0].shape[0]
+    value = loss_of(*batch, cfg["depth"]) if n else None
+    if value is not None:
         value.backward()
-        if cfg["clip"] is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
-        opt.step()
-        total += float(value.detach()) * len(idx)
+    grads = [p.grad for p in params]
+    flat = [(g * n if g is not None else torch.zeros_like(p)).reshape(-1).double() for p, g in zip(params, grads)]
+    tail = [float(g is not None) for g in grads] + [float(value.detach()) * n if n else 0.0, float(n)]
+    buffer = distributed.all_reduce_(torch.cat([*flat, torch.tensor(tail, dtype=torch.float64, device=flat[0].device)]))
+    total, rows = float(buffer[-2]), int(buffer[-1])
+    if not rows:
+        return 0.0, 0
+    if not math.isfinite(total):
+        return None
+    offset, got = 0, buffer[-2 - len(params) : -2]
+    for p, has in zip(params, got):
+        if has > 0:
+            p.grad = (buffer[offset : offset + p.numel()] / rows).view_as(p).to(p.dtype)
+        offset += p.numel()
+    _update(opt, params, cfg)
+    return total, rows
+
+
+def _pass(opt, params, loss_of, data, cfg: dict, seed: int, epoch: int) -> float | None:
+    """One pass over the data in the epoch's seeded order; the mean loss, or None if it turned NaN/inf."""
+    step = _reduced_step if distributed.active() else _local_step
+    batches = _batches(data, cfg, seed, epoch)
+    total, count = 0.0, 0
+    while True:
+        done = step(opt, params, loss_of, next(batches, None), cfg)
+        if done is None:
+            return None
+        if not done[1]:
+            break
+        total, count = total + done[0], count + done[1]
+    if not count:
+        raise ValueError("the training data gave no rows this epoch")
     if not all(torch.isfinite(p).all() for p in params):
         return None
-    return total / N
+    return total / count
 
 
 def _epoch(net, opt, params, loss_of, data, cfg: dict, seed: int, epoch: int, lr_scale: float, hist):
@@ -291,7 +374,7 @@ def _epoch(net, opt, params, loss_of, data, cfg: dict, seed: int, epoch: int, lr
         for g in opt.param_groups:
             g["lr"] = rate * g["lr_factor"]
         weights, opt_state = _snapshot(net, opt)
-        train_loss = _pass(opt, params, loss_of, *data, cfg, seed, epoch)
+        train_loss = _pass(opt, params, loss_of, data, cfg, seed, epoch)
         if train_loss is not None:
             return train_loss, rate, lr_scale
         net.load_state_dict(weights)
@@ -305,12 +388,23 @@ def _epoch(net, opt, params, loss_of, data, cfg: dict, seed: int, epoch: int, lr
 
 
 def _evaluate(loss_of, data, depth: int) -> float:
+    """The mean loss over all the rows of ``data`` (every rank's, unsharded)."""
     with torch.no_grad():
-        Yd, Xd = data
-        total = 0.0
-        for i in range(0, Yd.shape[0], 4096):
-            total += float(loss_of(Yd[i : i + 4096], Xd[i : i + 4096], depth)) * min(4096, Yd.shape[0] - i)
-        return total / Yd.shape[0]
+        total, count = 0.0, 0
+        for Yd, Xd in data.chunks(4096):
+            total += float(loss_of(Yd, Xd, depth)) * Yd.shape[0]
+            count += Yd.shape[0]
+        if not count:
+            raise ValueError("the validation data gave no rows")
+        return total / count
+
+
+def _validation_loss(loss_of, data, depth: int, device) -> float:
+    """Rank 0 evaluates; the other ranks wait for its answer."""
+    value = _evaluate(loss_of, data, depth) if distributed.rank() == 0 else math.nan
+    if not distributed.active():
+        return value
+    return float(distributed.broadcast_(torch.tensor([value], dtype=torch.float64, device=device)))
 
 
 def train(
@@ -346,11 +440,16 @@ def train(
     ----------
     net : UnrolledNet
         The network to fit, in place.
-    Y : array or tensor, shape (N, m)
-        Training measurements, one signal per row.
+    Y : array or tensor, shape (N, m); memory-mapped array; Dataset or IterableDataset
+        Training measurements, one signal per row. A memory-mapped array (``np.load(path,
+        mmap_mode="r")``) is read a batch of rows at a time; a ``torch.utils.data.Dataset``
+        gives items y, shape (m,), or (y, x); an ``IterableDataset`` (e.g.
+        :class:`unrolled.datasets.FreshSamples`) is read once per epoch in its own order,
+        each rank reading its own items under ``torchrun``.
     X : array or tensor, shape (N, n), optional
         Targets; required for ``loss="supervised"``, computed (the Lasso solutions) for
-        ``"semi-supervised"`` when None, unused for ``"unsupervised"``.
+        ``"semi-supervised"`` when None (in-memory ``Y`` only), unused for ``"unsupervised"``.
+        None when ``Y`` is a dataset (its items carry x).
     loss : {"supervised", "semi-supervised", "unsupervised"}
         ``"supervised"``: mean ‖x̂ − x‖² (xie2019 §2; sen2024 eq. 7); ``"semi-supervised"``: the
         same with x the Lasso solution; ``"unsupervised"``: the problem's objective F_y(x̂)
@@ -359,10 +458,11 @@ def train(
         Passes over the data, rows per step, and Adam's initial rate; None takes the net
         family's default (:mod:`unrolled.defaults`).
     val : (Y_val, X_val) or Y_val, optional
-        Validation data, shapes (N_val, m) and (N_val, n); without it the training loss
-        chooses the best epoch.
+        Validation data, shapes (N_val, m) and (N_val, n), of the kinds ``Y`` and ``X`` take;
+        without it the training loss chooses the best epoch.
     seed : int
-        Seeds the per-epoch shuffling, so a resumed run follows an uninterrupted one.
+        Seeds the per-epoch shuffling, so a resumed run follows an uninterrupted one (with
+        any number of ``torchrun`` processes: ``batch_size`` is the global batch).
     progress : bool
         Show a progress bar.
     checkpoint : path, optional
@@ -416,14 +516,13 @@ def train(
     if threads is None:
         threads = default_threads(cfg["batch_size"], net.m, net.n)
     with torch_threads(threads):
+        distributed.init(net.operator.device)
         data = _prepare(net, Y, X, "", loss)
         val_data, Xv = None, None
         if val is not None:
             Yv, Xv = val if isinstance(val, (tuple, list)) else (val, None)
             val_data = _prepare(net, Yv, Xv, "val_", loss)
-        given = [data[0], data[1] if X is not None else None]  # computed targets are not part of the input
-        if val_data is not None:
-            given += [val_data[0], val_data[1] if Xv is not None else None]
+        given = data.fingerprint() + (val_data.fingerprint() if val_data is not None else [])
         groups = _param_groups(net, params)
         opt = torch.optim.Adam(groups, lr=cfg["lr"], weight_decay=weight_decay)
         config = {
@@ -441,18 +540,30 @@ def _loop(net, opt, loss_of, data, val_data, cfg, seed, ckpt, resume, identity, 
     """The epochs from the checkpoint's (or 0) to the last; checkpoints; the best weights left in ``net``."""
     params = [p for g in opt.param_groups for p in g["params"]]
     hist, start, best_state, lr_scale = TrainHistory(), 0, None, 1.0
+    lead = distributed.rank() == 0  # logs, validates and writes; the other ranks wait for it
     if ckpt is not None:
-        remove_stale_temps(ckpt)
+        if lead:
+            remove_stale_temps(ckpt)
+        distributed.barrier()
         if resume and ckpt.exists():
             hist, start, best_state, lr_scale = _resume(ckpt, net, opt, identity)
+    distributed.broadcast_module(net)
     t0 = time.perf_counter() - hist.seconds
     epochs = cfg["epochs"]
     bar = tqdm(
-        range(start, epochs), desc=f"train {type(net).__name__}", disable=not progress, initial=start, total=epochs
+        range(start, epochs),
+        desc=f"train {type(net).__name__}",
+        disable=not (progress and lead),
+        initial=start,
+        total=epochs,
     )
     for epoch in bar:
         train_loss, rate, lr_scale = _epoch(net, opt, params, loss_of, data, cfg, seed, epoch, lr_scale, hist)
-        val_loss = _evaluate(loss_of, val_data, cfg["depth"]) if val_data is not None else train_loss
+        val_loss = (
+            _validation_loss(loss_of, val_data, cfg["depth"], net.operator.device)
+            if val_data is not None
+            else train_loss
+        )
         hist.train_loss.append(train_loss)
         hist.val_loss.append(val_loss if val_data is not None else None)
         hist.lr.append(rate)
@@ -462,7 +573,9 @@ def _loop(net, opt, loss_of, data, val_data, cfg, seed, ckpt, resume, identity, 
         hist.seconds = time.perf_counter() - t0
         bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}" if val_data is not None else "-")
         if ckpt is not None and ((epoch + 1) % cfg["checkpoint_every"] == 0 or epoch + 1 == epochs):
-            _write_checkpoint(ckpt, net, opt, best_state, identity, epoch + 1, hist, lr_scale)
+            if lead:
+                _write_checkpoint(ckpt, net, opt, best_state, identity, epoch + 1, hist, lr_scale)
+            distributed.barrier()
     bar.close()
     if best_state is not None:
         net.load_state_dict(best_state)
