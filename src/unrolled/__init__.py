@@ -10,6 +10,7 @@ from .nets import load
 from .operators import (
     Conv2dOperator,
     DenseOperator,
+    GaussianPSF,
     LearnedConv2d,
     LearnedDense,
     LearnedOperator,
@@ -43,6 +44,7 @@ __all__ = [
     "Operator",
     "DenseOperator",
     "Conv2dOperator",
+    "GaussianPSF",
     "as_operator",
     "LearnedOperator",
     "LearnedDense",
