@@ -201,3 +201,11 @@ def test_xie_smlm_tiny_run(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["stage"] == "done" and (tmp_path / "fig4.png").exists()
     assert ur.load(tmp_path / "LAPGD-7.safetensors").depth == 7
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
+def test_xie_smlm_refuses_a_missing_cuda_device(tmp_path):
+    from unrolled.experiments import reproduce
+
+    with pytest.raises(ValueError, match="no CUDA device"):
+        reproduce("xie-smlm", quick=True, out=tmp_path, device="cuda")
