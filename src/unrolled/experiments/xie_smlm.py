@@ -89,14 +89,14 @@ def simulated(recipe: dict, seed: int):
     return psf, frames.reshape(n, -1), positions, curves
 
 
-def apgd_iterates(psf, Y: torch.Tensor, stops: list[int], *, chunk: int = 1000) -> dict:
+def apgd_iterates(psf, Y: torch.Tensor, stops: list[int], *, chunk: int = 1000, progress: bool = True) -> dict:
     """APGD's iterates x_k at each k in ``stops`` (γ = 0.9, x₀ = 0, step 1/‖A‖₂²), rows of ``Y``."""
     from ..algorithms.nnls import APGD
     from ..problems import NNLS
 
     method = APGD(NNLS(psf), gamma=GAMMA, momentum="constant")
     out = {k: [] for k in stops}
-    bar = tqdm(total=max(stops) * len(Y), desc="APGD", unit="frame-it", leave=False)
+    bar = tqdm(total=max(stops) * len(Y), desc="APGD", unit="frame-it", leave=False, disable=not progress)
     with torch.no_grad():
         for s in range(0, len(Y), chunk):
             state = method.init(Y[s : s + chunk], None)
@@ -147,7 +147,7 @@ def _row(name: str, m: dict, seconds: float) -> list:
     return [name, m["jaccard"], m["rmse_nm"], m["recall"], m["precision"], seconds]
 
 
-def _run(recipe: dict, out: Path, seed: int, device: torch.device) -> dict:
+def _run(recipe: dict, out: Path, seed: int, device: torch.device, *, progress: bool = True) -> dict:
     """The experiment on ``recipe``; results.json is rewritten after every stage."""
     import unrolled as ur
 
@@ -177,7 +177,7 @@ def _run(recipe: dict, out: Path, seed: int, device: torch.device) -> dict:
     op = psf.to(device=device)
     long = recipe["long_iterations"]
     t = time.perf_counter()
-    classical = apgd_iterates(op, Y_test, [recipe["depth"], long])
+    classical = apgd_iterates(op, Y_test, [recipe["depth"], long], progress=progress)
     secs = round(time.perf_counter() - t, 1)
     depth = recipe["depth"]
     recovered = {f"APGD-{depth}": classical[depth], f"APGD-{long}": classical[long]}
@@ -198,7 +198,7 @@ def _run(recipe: dict, out: Path, seed: int, device: torch.device) -> dict:
             lr=recipe["lr"],
             seed=seed,
             clip=None,
-            progress=True,
+            progress=progress,
         )
         name = f"{kind}-{depth}"
         recovered[name] = predict(net, Y_test)
