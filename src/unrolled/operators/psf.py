@@ -11,8 +11,9 @@ photons that falls inside that pixel,
 e_i = i·pixel the pixel edges, x_q = (q + ½)·pixel/upsample the node centres, Φ the normal
 CDF. Every column is separable, but its factors change with the column, so no single pair of
 row/column blur matrices (and no convolution) represents A when σ varies in 2-D. The map is
-stored dense: on a 32×32 camera and a 64×64 grid, a batched dense product is faster on CPU
-than the sparse (CSR) form or a contraction of the per-emitter factors (notes/smlm.md).
+stored dense: exact (nothing truncated), differentiable, fast on a GPU, and what the learned nets
+densify anyway; a contraction of the per-emitter factors is far slower, and a truncated sparse
+(CSR) form only somewhat faster on CPU (measured in the README, SMLM section).
 """
 
 from __future__ import annotations
