@@ -11,6 +11,7 @@ from .nets import load
 from .operators import (
     Conv2dOperator,
     DenseOperator,
+    GaussianPSF,
     LearnedConv2d,
     LearnedDense,
     LearnedOperator,
@@ -45,6 +46,7 @@ __all__ = [
     "Operator",
     "DenseOperator",
     "Conv2dOperator",
+    "GaussianPSF",
     "as_operator",
     "LearnedOperator",
     "LearnedDense",

@@ -15,8 +15,9 @@ from .base import Operator, Transpose, power_iteration
 from .conv import Conv2dOperator
 from .dense import DenseOperator
 from .learned import LearnedConv2d, LearnedDense, LearnedOperator, LearnedTranspose
+from .psf import GaussianPSF
 
-KINDS = {cls.kind: cls for cls in (DenseOperator, Conv2dOperator, LearnedDense, LearnedConv2d)}
+KINDS = {cls.kind: cls for cls in (DenseOperator, Conv2dOperator, LearnedDense, LearnedConv2d, GaussianPSF)}
 
 
 def from_spec(config: dict, tensors: dict, *, dtype=None, device=None) -> Operator:
@@ -100,6 +101,7 @@ def mutual_coherence(D) -> float:
 __all__ = [
     "Conv2dOperator",
     "DenseOperator",
+    "GaussianPSF",
     "LearnedConv2d",
     "LearnedDense",
     "LearnedOperator",
