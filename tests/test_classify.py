@@ -74,10 +74,11 @@ def test_a_resumed_classification_run_with_a_rho_schedule_is_the_same_run(digits
     class Stop(Exception):
         pass
 
-    def stop_at_2(model, epoch):
+    def stop_at_2(model, epoch, history):
         if epoch == 2:
+            assert len(history.val_accuracy) == 2
             raise Stop
-        schedule(model, epoch)
+        schedule(model, epoch, history)
 
     cut = tiny(depth=2, rho=0.0)
     with pytest.raises(Stop):
@@ -115,3 +116,37 @@ def test_bad_classification_input_is_refused_by_name(digits):
         Classifier(clf.net, 1)
     with pytest.raises(TypeError, match="on_epoch"):
         ur.train(clf, X, y, loss="cross-entropy", epochs=1, progress=False, on_epoch=3)
+
+
+def test_sulam_classify_runs_small_and_keeps_partial_results(tmp_path, monkeypatch):
+    """The reproduction on the 8×8 digits, one seed, 2 epochs; cut off during the third model, its
+    results.json still holds the two finished ones."""
+    import json
+
+    from unrolled.experiments import sulam_classify
+
+    monkeypatch.setitem(
+        sulam_classify.SETTINGS, "quick", {**sulam_classify.SETTINGS["quick"], "n_train": 128, "n_test": 100}
+    )
+    res = sulam_classify.run(True, tmp_path / "full", 0, data={"digits": None}, epochs=2)
+    assert len(set(res["parameters"].values())) == 1 and len(res["table"]) == 1 + len(sulam_classify.MODELS)
+    for model, by_seed in res["runs"].items():
+        assert len(by_seed["0"]["test_accuracy"]) == 2, model
+    assert (tmp_path / "full" / "accuracy.png").is_file()
+
+    calls = []
+    real = sulam_classify.train
+
+    def cut_at_third(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(sulam_classify, "train", cut_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        sulam_classify.run(True, tmp_path / "cut", 0, data={"digits": None}, epochs=2)
+    saved = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert set(saved["summary"]) == {"feed-forward", "layered BP"}
+    with pytest.raises(ValueError, match="one --data set"):
+        sulam_classify.run(True, tmp_path, 0, data={"digits": None, "mnist": "x"})

@@ -442,9 +442,10 @@ def train(
         JSON-able description of the run (e.g. the whole config it came from), recorded in
         the checkpoint and compared on resume.
     on_epoch : callable, optional
-        ``on_epoch(net, epoch)`` before every epoch's training (also the epochs of a resumed
-        run), e.g. :func:`unrolled.nets.mlbp.rho_schedule` for the ρ relaxation of sulam2018
-        Supplementary B. Not recorded in the checkpoint: a resumed run must pass the same one.
+        ``on_epoch(net, epoch, history)`` before every epoch's training (also the epochs of a
+        resumed run), ``history`` the :class:`TrainHistory` of the epochs done: e.g.
+        :func:`unrolled.nets.mlbp.rho_schedule` for the ρ relaxation of sulam2018 Supplementary B,
+        or saving partial results. Not recorded in the checkpoint: a resumed run must pass the same one.
 
     Returns
     -------
@@ -469,7 +470,7 @@ def train(
         layer_weights=layer_weights,
     )
     if on_epoch is not None and not callable(on_epoch):
-        raise TypeError(f"on_epoch must be callable as on_epoch(net, epoch), got {on_epoch!r}")
+        raise TypeError(f"on_epoch must be callable as on_epoch(net, epoch, history), got {on_epoch!r}")
     if threads is None:
         threads = default_threads(cfg["batch_size"], net.m, net.n)
     with torch_threads(threads):
@@ -515,7 +516,7 @@ def _loop(net, opt, loss_of, data, val_data, cfg, seed, ckpt, resume, identity, 
     )
     for epoch in bar:
         if on_epoch is not None:
-            on_epoch(net, epoch)
+            on_epoch(net, epoch, hist)
         train_loss, rate, lr_scale = _epoch(net, opt, params, loss_of, data, cfg, seed, epoch, lr_scale, hist)
         if hasattr(loss_of, "reset"):
             loss_of.reset()

@@ -208,9 +208,13 @@ class _MultiLayerNet(UnrolledNet):
         return tuple(self.dictionaries[-1].in_shape)
 
 
-def conv_dictionaries(image_shape, channels, kernels, strides, *, seed: int = 0, dtype=torch.float32) -> list:
+def conv_dictionaries(
+    image_shape, channels, kernels, strides, *, seed: int = 0, unit_norm: bool = True, dtype=torch.float32
+) -> list:
     """Random convolutional dictionaries D_1, …, D_L for the multi-layer nets (Dᵢᵀ the strided
-    convolution, no padding), filters i.i.d. U(−1/√f, 1/√f) with f = C_{i−1}·k_i² (torch's default).
+    convolution, no padding), filters i.i.d. U(−1/√f, 1/√f) with f = C_{i−1}·k_i² (torch's default
+    for a convolution), each then scaled to ‖D_i‖₂ = 1 when ``unit_norm`` (so the analytic steps of
+    the nets are 1 and their codes keep the signal's scale).
 
     Parameters
     ----------
@@ -220,6 +224,8 @@ def conv_dictionaries(image_shape, channels, kernels, strides, *, seed: int = 0,
         Filters, kernel sizes and strides of each layer (sulam2018 §4 on MNIST: (64, 128, 512),
         (6, 6, 4), (2, 2, 1)).
     seed : int
+    unit_norm : bool
+        Scale every D_i to spectral norm 1 (power iteration, float64).
     dtype : torch dtype
 
     Returns
@@ -234,7 +240,9 @@ def conv_dictionaries(image_shape, channels, kernels, strides, *, seed: int = 0,
         c, k, s = positive_int(c, f"channels[{i}]"), positive_int(k, f"kernels[{i}]"), positive_int(s, f"strides[{i}]")
         bound = 1.0 / (shape[0] * k * k) ** 0.5
         kernel = (2 * torch.rand(c, shape[0], k, k, generator=gen, dtype=torch.float64) - 1) * bound
-        conv = operators.Conv2dOperator(kernel.to(dtype), shape, stride=s, padding=0)
+        conv = operators.Conv2dOperator(kernel, shape, stride=s, padding=0)
+        scale = conv.lipschitz**0.5 if unit_norm else 1.0
+        conv = operators.Conv2dOperator((kernel / scale).to(dtype), shape, stride=s, padding=0)
         ops.append(conv.T)
         shape = tuple(conv.out_shape)
     return ops
@@ -256,7 +264,8 @@ def rho_schedule(epochs: int, final: float = 1.0, steepness: float = 10.0):
 
     Returns
     -------
-    callable ``(model, epoch) -> None`` that sets ``model.rho`` (or ``model.net.rho`` for a
+    callable ``(model, epoch, history=None) -> None``, ``ur.train``'s ``on_epoch``: sets ``model.rho``
+    (or ``model.net.rho`` for a
     :class:`~unrolled.nets.Classifier`).
     """
     epochs = positive_int(epochs, "epochs")
@@ -264,7 +273,7 @@ def rho_schedule(epochs: int, final: float = 1.0, steepness: float = 10.0):
     steepness = nonnegative_float(steepness, "steepness", strict=True)
     low, high = torch.sigmoid(torch.tensor(-steepness / 2)), torch.sigmoid(torch.tensor(steepness / 2))
 
-    def set_rho(model, epoch: int) -> None:
+    def set_rho(model, epoch: int, history=None) -> None:
         net = getattr(model, "net", model)
         if not isinstance(net, _MLISTAFamily):
             raise TypeError(f"rho_schedule needs an MLISTANet or MLFISTANet, got {type(net).__name__}")
