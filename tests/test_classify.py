@@ -150,3 +150,11 @@ def test_sulam_classify_runs_small_and_keeps_partial_results(tmp_path, monkeypat
     assert set(saved["summary"]) == {"feed-forward", "layered BP"}
     with pytest.raises(ValueError, match="one --data set"):
         sulam_classify.run(True, tmp_path, 0, data={"digits": None, "mnist": "x"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_classification_training_on_cuda(digits):
+    clf = tiny(depth=2).to("cuda")
+    hist = fit(clf, digits, epochs=1)
+    assert clf.head.weight.is_cuda and clf.net.op.base.weight.is_cuda
+    assert 0 <= hist.val_accuracy[0] <= 1 and np.isfinite(hist.train_loss[0])
