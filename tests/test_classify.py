@@ -158,3 +158,15 @@ def test_classification_training_on_cuda(digits):
     hist = fit(clf, digits, epochs=1)
     assert clf.head.weight.is_cuda and clf.net.op.base.weight.is_cuda
     assert 0 <= hist.val_accuracy[0] <= 1 and np.isfinite(hist.train_loss[0])
+
+
+def test_reproduce_options_epochs_seeds_batch_size_and_bare_digits(tmp_path, capsys):
+    from unrolled.cli import _named_paths, main
+
+    for flag in ("--epochs", "--seeds", "--batch-size"):
+        rc = main(["reproduce", "sulam-synthetic", "--quick", "--out", str(tmp_path), flag, "2"])
+        err = capsys.readouterr().err
+        assert rc == 2 and flag in err and len(err.strip().splitlines()) == 1
+    assert _named_paths(["digits", "svhn=/x"]) == {"digits": None, "svhn": "/x"}
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        _named_paths(["mnist"])
