@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench data clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/unrolled bench
+
+# Optional offline data: Fashion-MNIST (IDX) at /usr/share/datasets/fashion-mnist, where
+# unrolled.data.images.load_fashion_mnist and `unrolled reproduce sulam-classify` look by default.
+data:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make data installs the Debian package dataset-fashion-mnist: run it as root (sudo make data)" >&2; \
+		exit 1; \
+	fi
+	apt-get install -y dataset-fashion-mnist
 
 clean:
 	rm -rf $(VENV) results build src/*.egg-info

@@ -19,6 +19,20 @@ def _idx_files(tmp_path):
     return tmp_path / "img.idx", tmp_path / "lab.idx.gz"
 
 
+def _image_set_files(tmp_path, kind):
+    """Tiny test-split files of an image set: MNIST IDX, SVHN .mat or CIFAR-10 binary."""
+    if kind == "idx":
+        images.write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 4, 4), dtype=np.uint8))
+        images.write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([3, 7], dtype=np.uint8))
+    elif kind == "svhn":
+        from scipy.io import savemat
+
+        savemat(tmp_path / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[10], [2]])})
+    else:
+        (tmp_path / "test_batch.bin").write_bytes(bytes(2 * images.CIFAR_RECORD))
+    return tmp_path
+
+
 # how to call every public data function on a small case; a new public function must be added here
 CALLS = {
     "make_operator": lambda tmp: [data.make_operator(kind, 4, 6, seed=1) for kind in data.OPERATORS],
@@ -41,10 +55,17 @@ CALLS = {
     "digits_lasso_data": lambda tmp: images.digits_lasso_data(20, 10, 5, seed=1),
     "read_idx": lambda tmp: images.read_idx(_idx_files(tmp)[0]),
     "as_matrix": lambda tmp: generators.as_matrix(torch.ones(2, 3)),
+    "load_mnist": lambda tmp: images.load_mnist(_image_set_files(tmp, "idx"), "test"),
+    "load_fashion_mnist": lambda tmp: images.load_fashion_mnist(_image_set_files(tmp, "idx"), "test"),
+    "load_svhn": lambda tmp: images.load_svhn(_image_set_files(tmp, "svhn"), "test"),
+    "load_cifar10": lambda tmp: images.load_cifar10(_image_set_files(tmp, "cifar"), "test"),
+    "load_image_set": lambda tmp: images.load_image_set("digits", split="test"),
 }
 NOT_DATA = {"write_idx", "MLSCSignals"}  # a writer and a result type
-LABELS = {"load_idx_images", "load_digits"}  # (X, labels): labels are int64
-FILE_DTYPE = {"read_idx": np.uint8}  # a file reader returns the file's own dtype
+IMAGE_SETS = {"load_mnist", "load_fashion_mnist", "load_svhn", "load_cifar10", "load_image_set"}
+LABELS = {"load_idx_images", "load_digits", *IMAGE_SETS}  # (X, labels): labels are int64
+# a file reader returns the file's own dtype; the image sets float32 (N, C, H, W), as the nets train
+FILE_DTYPE = {"read_idx": np.uint8, **dict.fromkeys(IMAGE_SETS, np.float32)}
 
 
 def _public_functions():

@@ -369,6 +369,48 @@ def bench_lasso(N: int, n_ref: int, repeat: int, lam: float = 0.1) -> tuple[list
     )
 
 
+def bench_classify(batches: int, repeat: int, quick: bool = False) -> tuple[list[dict], str]:
+    """Training steps (forward, backward, Adam) of sulam2018 §4's classifier, batch 128 of 28×28
+    images: the feed-forward net against layered BP / ML-ISTA / ML-FISTA with 6 unfoldings, same
+    weights. ``quick``: the widths quartered."""
+    from .nets import Classifier, LayeredBPNet, MLFISTANet, MLISTANet, conv_dictionaries
+
+    widths = (16, 32, 128) if quick else (64, 128, 512)
+    Ds = conv_dictionaries((1, 28, 28), widths, (6, 6, 4), (2, 2, 1))
+    gen = torch.Generator().manual_seed(0)
+    Y, labels = torch.rand(128, 784, generator=gen), torch.randint(0, 10, (128,), generator=gen)
+    rows, ff_us = [], None
+    for name, cls, depth in (
+        ("feed-forward", MLISTANet, 1),
+        ("ML-ISTA-6", MLISTANet, 7),
+        ("ML-FISTA-6", MLFISTANet, 7),
+        ("layered BP-6", LayeredBPNet, 7),
+    ):
+        clf = Classifier(cls(Ds, depth, 0.0, nonneg=True), 10)
+        opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
+
+        def run(clf=clf, opt=opt):
+            for _ in range(batches):
+                loss = torch.nn.functional.cross_entropy(clf(Y), labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            return float(loss.detach())
+
+        run()  # warm-up
+        seconds, loss = _best(run, repeat)
+        row = _row(name, 128 * batches, seconds, loss, ff_us)
+        ff_us = row["us_per_problem"] if ff_us is None else ff_us
+        rows.append(row)
+    ratio = rows[1]["seconds"] / rows[0]["seconds"]
+    note = (
+        f"{batches} training steps of batch 128, widths {widths}; accuracy column: the last batch's cross-entropy; "
+        f"speed-up: against feed-forward. ML-ISTA-6 / FF = {ratio:.1f}× (target ≤ ~13×: the 13 forward/adjoint "
+        "convolutions of 6 unfoldings)"
+    )
+    return rows, note
+
+
 def machine_info(size: int = 2048) -> dict:
     info = {
         "python": platform.python_version(),
@@ -411,7 +453,7 @@ def main(argv=None) -> dict:
         if args.threads < 1:
             p.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    known = {"nnls-10x20", "nnls-400x1200", "lasso-64x256", "certified", "memory"}
+    known = {"nnls-10x20", "nnls-400x1200", "lasso-64x256", "certified", "memory", "classify"}
     bad = [s for s in sets if s not in known]
     if bad:
         p.error(f"unknown set(s) {bad}; choose from {sorted(known)}")
@@ -443,6 +485,8 @@ def main(argv=None) -> dict:
             from .experiments.certified import bench_refine
 
             rows, note = bench_refine(quick, repeat)
+        elif name == "classify":
+            rows, note = bench_classify(2 if quick else 5, repeat, quick)
         elif name == "nnls-400x1200":
             rows, note = bench_sen(40 if quick else 1000, 4 if quick else 200, repeat)
         else:

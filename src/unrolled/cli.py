@@ -455,16 +455,32 @@ def cmd_reproduce(args) -> int:
     data = _named_paths(args.data)
     with threads(args.threads):
         reproduce(
-            args.name, quick=args.quick, out=args.out, seed=args.seed, device=args.device, data=data, paper=args.paper
+            args.name,
+            quick=args.quick,
+            out=args.out,
+            seed=args.seed,
+            device=args.device,
+            data=data,
+            paper=args.paper,
+            epochs=args.epochs,
+            seeds=args.seeds,
+            batch_size=args.batch_size,
         )
     return 0
 
 
+BUILTIN_DATA = ("digits",)  # scikit-learn's 8×8 digits: ``--data digits`` takes no path
+
+
 def _named_paths(items) -> dict:
-    """``["mnist=/path", ...]`` → ``{"mnist": "/path"}``; a malformed item is refused by name."""
+    """``["mnist=/path", "digits", ...]`` → ``{"mnist": "/path", "digits": None}`` (a bare name only for
+    the sets shipped with a dependency, :data:`BUILTIN_DATA`); a malformed item is refused by name."""
     named = {}
     for item in items or []:
         key, sep, path = item.partition("=")
+        if not sep and key.strip().lower() in BUILTIN_DATA:
+            named[key.strip().lower()] = None
+            continue
         if not sep or not key or not path:
             raise ValueError(f"--data {item!r}: expected NAME=PATH")
         named[key.strip().lower()] = path
@@ -495,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu or cuda, for the experiments that take it")
     r.add_argument("--data", action="append", metavar="NAME=PATH", help="a data set's path (repeatable)")
     r.add_argument("--paper", action="store_true", help="the paper's exact protocol, however long it takes")
+    r.add_argument("--epochs", type=int, default=None, help="training epochs, for the experiments that take it")
+    r.add_argument("--seeds", type=int, default=None, help="seeds to average over, for the experiments that take it")
+    r.add_argument("--batch-size", type=int, default=None, help="training batch, for the experiments that take it")
     r.set_defaults(fn=cmd_reproduce)
 
     t = sub.add_parser("train", help="train a network from a TOML config (checkpoints, resumes)")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -35,7 +36,7 @@ from .nets.base import load_tensors, remove_stale_temps, save_tensors
 from .operators import LearnedOperator, as_operator
 from .problems import Lasso
 
-LOSSES = ("supervised", "semi-supervised", "unsupervised")
+LOSSES = ("supervised", "semi-supervised", "unsupervised", "cross-entropy")
 MAX_BACKOFFS = 8
 
 
@@ -45,6 +46,7 @@ class TrainHistory:
 
     train_loss: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
+    val_accuracy: list = field(default_factory=list)
     lr: list = field(default_factory=list)
     best_epoch: int = -1
     best_loss: float = math.inf
@@ -76,7 +78,46 @@ def lasso_targets(net, Y: torch.Tensor, tol: float = 1e-10, max_iter: int = 100_
     return res.x.to(Y.dtype)
 
 
+class _CrossEntropy:
+    """Mean cross-entropy of the logits ``net(Y)`` against one-hot targets (sulam2018 §4). Called
+    without gradients (validation), it also counts the correct predictions (``accuracy``)."""
+
+    def __init__(self, net):
+        self.net = net
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct, self.seen = 0, 0
+
+    def __call__(self, Yb, Xb, depth):
+        logits = self.net(Yb, depth=depth)
+        if not torch.is_grad_enabled():
+            self.correct += int((logits.argmax(1) == Xb.argmax(1)).sum())
+            self.seen += Xb.shape[0]
+        return F.cross_entropy(logits, Xb)
+
+    @property
+    def accuracy(self) -> float | None:
+        """The fraction of correct predictions since the last ``reset`` (None if none were made)."""
+        return self.correct / self.seen if self.seen else None
+
+
+def one_hot_labels(labels, n_classes: int, name: str = "labels") -> torch.Tensor:
+    """Integer class labels (N,) in [0, n_classes) as float64 one-hot rows (N, n_classes)."""
+    lab = labels.detach().cpu() if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
+    if lab.dtype.is_floating_point or lab.dtype.is_complex or lab.dtype == torch.bool:
+        raise TypeError(f"{name} must be integer class labels, got dtype {lab.dtype}")
+    if lab.dim() != 1 or lab.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty vector of class labels, got shape {tuple(lab.shape)}")
+    if int(lab.min()) < 0 or int(lab.max()) >= n_classes:
+        raise ValueError(f"{name} must lie in [0, {n_classes}), got [{int(lab.min())}, {int(lab.max())}]")
+    return F.one_hot(lab.long(), n_classes).to(torch.float64)
+
+
 def _loss_fn(net, loss: str, layer_weights):
+    if loss == "cross-entropy":
+        return _CrossEntropy(net)
+
     def per_output(Xh, Yb, Xb):
         if loss == "unsupervised":
             return net.problem.objective(Xh, Yb).mean()
@@ -138,6 +179,10 @@ def _check_options(net, *, loss, schedule, epochs, checkpoint_every, batch_size,
         raise ValueError(f"layer_weights must have {depth} entries, got {len(layer_weights)}")
     if loss == "unsupervised" and getattr(net, "problem", None) is None:
         raise ValueError("unsupervised training needs net.problem (the objective to minimise)")
+    if loss == "cross-entropy" and not hasattr(net, "n_classes"):
+        raise ValueError("cross-entropy training needs a classifier: unrolled.nets.Classifier(net, n_classes)")
+    if loss == "cross-entropy" and layer_weights is not None:
+        raise ValueError("layer_weights is not available with loss='cross-entropy' (one head, on the last layer)")
     return {
         "loss": loss,
         "epochs": positive_int(epochs, "epochs"),
@@ -430,6 +475,7 @@ def train(
     checkpoint_every: int = 1,
     threads: int | None = None,
     run: dict | None = None,
+    on_epoch=None,
 ) -> TrainHistory:
     """Fit ``net`` to measurements ``Y`` (and targets ``X``); the best weights are left in ``net``.
 
@@ -448,18 +494,21 @@ def train(
         each rank reading its own items under ``torchrun``.
     X : array or tensor, shape (N, n), optional
         Targets; required for ``loss="supervised"``, computed (the Lasso solutions) for
-        ``"semi-supervised"`` when None (in-memory ``Y`` only), unused for ``"unsupervised"``.
+        ``"semi-supervised"`` when None (in-memory ``Y`` only), unused for ``"unsupervised"``;
+        for ``"cross-entropy"`` the integer class labels, shape (N,) (in-memory ``Y`` only).
         None when ``Y`` is a dataset (its items carry x).
-    loss : {"supervised", "semi-supervised", "unsupervised"}
+    loss : {"supervised", "semi-supervised", "unsupervised", "cross-entropy"}
         ``"supervised"``: mean ‖x̂ − x‖² (xie2019 §2; sen2024 eq. 7); ``"semi-supervised"``: the
         same with x the Lasso solution; ``"unsupervised"``: the problem's objective F_y(x̂)
-        (Moreau talk, "LISTA – Training").
+        (Moreau talk, "LISTA – Training"); ``"cross-entropy"``: the mean cross-entropy of a
+        :class:`~unrolled.nets.Classifier`'s logits against the labels (sulam2018 §4), with the
+        validation accuracy recorded every epoch.
     epochs, batch_size, lr : int, int, float, optional
         Passes over the data, rows per step, and Adam's initial rate; None takes the net
         family's default (:mod:`unrolled.defaults`).
     val : (Y_val, X_val) or Y_val, optional
-        Validation data, shapes (N_val, m) and (N_val, n), of the kinds ``Y`` and ``X`` take;
-        without it the training loss chooses the best epoch.
+        Validation data, shapes (N_val, m) and (N_val, n) (labels (N_val,)), of the kinds ``Y``
+        and ``X`` take; without it the training loss chooses the best epoch.
     seed : int
         Seeds the per-epoch shuffling, so a resumed run follows an uninterrupted one (with
         any number of ``torchrun`` processes: ``batch_size`` is the global batch).
@@ -491,12 +540,18 @@ def train(
     run : dict, optional
         JSON-able description of the run (e.g. the whole config it came from), recorded in
         the checkpoint and compared on resume.
+    on_epoch : callable, optional
+        ``on_epoch(net, epoch, history)`` before every epoch's training (also the epochs of a
+        resumed run), ``history`` the :class:`TrainHistory` of the epochs done: e.g.
+        :func:`unrolled.nets.mlbp.rho_schedule` for the ρ relaxation of sulam2018 Supplementary B,
+        or saving partial results. Not recorded in the checkpoint: a resumed run must pass the same one.
 
     Returns
     -------
     TrainHistory
-        Per-epoch training/validation loss and rate, best epoch and loss, rate halvings
-        after divergence, the epoch resumed from, and the seconds spent.
+        Per-epoch training/validation loss, validation accuracy (``"cross-entropy"``; None
+        otherwise) and rate, best epoch and loss, rate halvings after divergence, the epoch
+        resumed from, and the seconds spent.
     """
     lr, batch_size, epochs, clip, params = resolve(
         net, lr=lr, batch_size=batch_size, epochs=epochs, clip=clip, params=params
@@ -513,15 +568,17 @@ def train(
         depth=depth,
         layer_weights=layer_weights,
     )
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(f"on_epoch must be callable as on_epoch(net, epoch, history), got {on_epoch!r}")
     if threads is None:
         threads = default_threads(cfg["batch_size"], net.m, net.n)
     with torch_threads(threads):
         distributed.init(net.operator.device)
-        data = _prepare(net, Y, X, "", loss)
+        data = _prepare(net, Y, _targets(net, X, "X", loss), "", loss)
         val_data, Xv = None, None
         if val is not None:
             Yv, Xv = val if isinstance(val, (tuple, list)) else (val, None)
-            val_data = _prepare(net, Yv, Xv, "val_", loss)
+            val_data = _prepare(net, Yv, _targets(net, Xv, "val_X", loss), "val_", loss)
         given = data.fingerprint() + (val_data.fingerprint() if val_data is not None else [])
         groups = _param_groups(net, params)
         opt = torch.optim.Adam(groups, lr=cfg["lr"], weight_decay=weight_decay)
@@ -531,12 +588,18 @@ def train(
         config.update(seed=seed, weight_decay=weight_decay)
         identity = _identity(net, config, data_fingerprint(*given), run)
         ckpt = Path(checkpoint) if checkpoint is not None else None
-        return _loop(
-            net, opt, _loss_fn(net, loss, layer_weights), data, val_data, cfg, seed, ckpt, resume, identity, progress
-        )
+        loss_of = _loss_fn(net, loss, layer_weights)
+        return _loop(net, opt, loss_of, data, val_data, cfg, seed, ckpt, resume, identity, progress, on_epoch)
 
 
-def _loop(net, opt, loss_of, data, val_data, cfg, seed, ckpt, resume, identity, progress) -> TrainHistory:
+def _targets(net, X, name: str, loss: str):
+    """``X`` as ``_prepare`` takes it: class labels become one-hot rows for ``"cross-entropy"``."""
+    if loss != "cross-entropy" or X is None:
+        return X
+    return one_hot_labels(X, net.n_classes, name)
+
+
+def _loop(net, opt, loss_of, data, val_data, cfg, seed, ckpt, resume, identity, progress, on_epoch) -> TrainHistory:
     """The epochs from the checkpoint's (or 0) to the last; checkpoints; the best weights left in ``net``."""
     params = [p for g in opt.param_groups for p in g["params"]]
     hist, start, best_state, lr_scale = TrainHistory(), 0, None, 1.0
@@ -558,20 +621,30 @@ def _loop(net, opt, loss_of, data, val_data, cfg, seed, ckpt, resume, identity, 
         total=epochs,
     )
     for epoch in bar:
+        if on_epoch is not None:
+            on_epoch(net, epoch, hist)
         train_loss, rate, lr_scale = _epoch(net, opt, params, loss_of, data, cfg, seed, epoch, lr_scale, hist)
+        if hasattr(loss_of, "reset"):
+            loss_of.reset()
         val_loss = (
             _validation_loss(loss_of, val_data, cfg["depth"], net.operator.device)
             if val_data is not None
             else train_loss
         )
+        accuracy = getattr(loss_of, "accuracy", None) if val_data is not None else None
         hist.train_loss.append(train_loss)
         hist.val_loss.append(val_loss if val_data is not None else None)
+        hist.val_accuracy.append(accuracy)
         hist.lr.append(rate)
         if val_loss < hist.best_loss:
             hist.best_loss, hist.best_epoch = val_loss, epoch
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         hist.seconds = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}" if val_data is not None else "-")
+        bar.set_postfix(
+            loss=f"{train_loss:.4g}",
+            val=f"{val_loss:.4g}" if val_data is not None else "-",
+            **({"acc": f"{accuracy:.4f}"} if accuracy is not None else {}),
+        )
         if ckpt is not None and ((epoch + 1) % cfg["checkpoint_every"] == 0 or epoch + 1 == epochs):
             if lead:
                 _write_checkpoint(ckpt, net, opt, best_state, identity, epoch + 1, hist, lr_scale)

@@ -1,7 +1,8 @@
 """Data: operators and signals with known ground truth, and loaders for real data given a path.
 
 Every generator, loader and ``make_operator`` returns NumPy float64 arrays (labels: NumPy
-int64; ``read_idx``: the file's own dtype), never torch tensors: one kind, which the solvers
+int64; ``read_idx``: the file's own dtype; the image-set loaders of :mod:`.images`: float32
+images (N, C, H, W)), never torch tensors: one kind, which the solvers
 and networks accept as they are (``torch.as_tensor`` turns one into a tensor without a copy).
 ``make_operator(kind, m, n, seed)`` draws the papers' sensing matrices; ``GENERATORS`` maps a
 name to ``fn(n_samples, *, A=None, seed=0, **params) -> (A, Y, X)`` (A drawn when None), which

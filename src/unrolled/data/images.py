@@ -1,6 +1,13 @@
 """Image data that is available offline: scikit-learn's 8×8 digits, and an IDX reader/writer for
 MNIST / Fashion-MNIST files given a path (nothing is downloaded). Images come back as NumPy
-float64 rows, labels as NumPy int64; ``read_idx`` returns the file's own dtype."""
+float64 rows, labels as NumPy int64; ``read_idx`` returns the file's own dtype.
+
+Classification sets (sulam2018 §4) as images (N, C, H, W) float32 in [0, 1] with int64 labels:
+:func:`load_mnist`, :func:`load_fashion_mnist` (IDX; by default at Debian's
+``dataset-fashion-mnist`` path, ``make data``), :func:`load_svhn` (the ``.mat`` files of the
+original site) and :func:`load_cifar10` (the *binary* version, read as bytes, never unpickled);
+:func:`load_image_set` picks one by name. A missing file is refused in one line naming the files
+expected."""
 
 from __future__ import annotations
 
@@ -122,4 +129,177 @@ def digits_lasso_data(n_atoms: int = 256, n_train: int = 1000, n_test: int = 300
     return D.numpy(), Y_train, Y_test
 
 
-__all__ = ["digits_lasso_data", "load_digits", "load_idx_images", "read_idx", "write_idx"]
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_SETS = ("fashion-mnist", "mnist", "svhn", "cifar10", "digits")
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def _split(split: str) -> str:
+    if split not in _IDX_PREFIX:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return split
+
+
+def _as_images(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1]."""
+    return pixels.astype(np.float32) / np.float32(255.0)
+
+
+def _idx_pair(root: Path, split: str, what: str, hint: str = "") -> tuple[Path, Path]:
+    prefix = _IDX_PREFIX[_split(split)]
+    names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    found = []
+    for name in names:
+        hit = next((root / (name + ext) for ext in ("", ".gz") if (root / (name + ext)).is_file()), None)
+        if hit is None:
+            raise FileNotFoundError(
+                f"no {what} {split} files in {root}: expected {names[0]}[.gz] and {names[1]}[.gz]{hint}"
+            )
+        found.append(hit)
+    return found[0], found[1]
+
+
+def load_mnist(path, split: str = "train", *, what: str = "MNIST") -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-format IDX files (LeCun's layout; gzipped or not) in the folder ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Folder with ``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``,
+        ``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]``.
+    split : {"train", "test"}
+    what : str
+        The data set's name in error messages.
+
+    Returns
+    -------
+    images : float32 array (N, 1, H, W) in [0, 1]
+    labels : int64 array (N,)
+    """
+    images_path, labels_path = _idx_pair(Path(path), split, what)
+    X, labels, (H, W) = load_idx_images(images_path, labels_path)
+    return X.reshape(-1, 1, H, W).astype(np.float32), labels
+
+
+def load_fashion_mnist(path=None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST (Xiao et al. 2017; MNIST's IDX layout) from ``path``, by default Debian's
+    ``dataset-fashion-mnist`` folder :data:`FASHION_MNIST_DIR` (``make data`` installs it).
+    Returns (images (N, 1, 28, 28) float32 in [0, 1], labels (N,) int64)."""
+    root = FASHION_MNIST_DIR if path is None else Path(path)
+    hint = "; install them with `make data` (apt-get install dataset-fashion-mnist)" if path is None else ""
+    images_path, labels_path = _idx_pair(root, split, "Fashion-MNIST", hint)
+    X, labels, (H, W) = load_idx_images(images_path, labels_path)
+    return X.reshape(-1, 1, H, W).astype(np.float32), labels
+
+
+def load_svhn(path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """SVHN's cropped digits (Netzer et al. 2011), the ``.mat`` files of the original site.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``{split}_32x32.mat`` itself, or the folder holding ``train_32x32.mat`` / ``test_32x32.mat``;
+        each holds ``X`` (32, 32, 3, N) uint8 and ``y`` (N, 1) with 10 for the digit 0.
+    split : {"train", "test"}
+
+    Returns
+    -------
+    images : float32 array (N, 3, 32, 32) in [0, 1]
+    labels : int64 array (N,), 0–9
+    """
+    from scipy.io import loadmat
+
+    path = Path(path)
+    name = f"{_split(split)}_32x32.mat"
+    file = path if path.is_file() else path / name
+    if not file.is_file():
+        raise FileNotFoundError(f"no SVHN {split} file at {path}: expected {name} (X (32, 32, 3, N), y (N, 1))")
+    mat = loadmat(str(file))
+    if "X" not in mat or "y" not in mat:
+        raise ValueError(f"{file}: an SVHN file holds the variables X and y, found {sorted(mat)}")
+    X, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
+    if X.ndim != 4 or X.shape[2] != 3 or X.shape[3] != y.shape[0]:
+        raise ValueError(f"{file}: expected X of shape (H, W, 3, N) with N = {y.shape[0]} labels, got {X.shape}")
+    labels = y.astype(np.int64) % 10
+    if labels.min() < 0 or not np.array_equal(labels, y % 10):
+        raise ValueError(f"{file}: labels must be the integers 1–10")
+    return _as_images(X.transpose(3, 2, 0, 1)), labels
+
+
+CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def load_cifar10(path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 (Krizhevsky 2009), the *binary* version: records of one label byte and 3072 pixel
+    bytes (1024 red, 1024 green, 1024 blue, row-major), read as bytes (never unpickled).
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder with ``data_batch_1.bin`` … ``data_batch_5.bin`` and ``test_batch.bin``
+        (or the folder above it, ``cifar-10-batches-bin``).
+    split : {"train", "test"}
+
+    Returns
+    -------
+    images : float32 array (N, 3, 32, 32) in [0, 1]
+    labels : int64 array (N,), 0–9
+    """
+    root = Path(path)
+    if (root / "cifar-10-batches-bin").is_dir():
+        root = root / "cifar-10-batches-bin"
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if _split(split) == "train" else ["test_batch.bin"]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no CIFAR-10 binary {split} files in {path}: expected {', '.join(names)}")
+    records = []
+    for name in names:
+        raw = np.fromfile(root / name, dtype=np.uint8)
+        if raw.size == 0 or raw.size % CIFAR_RECORD:
+            raise ValueError(f"{root / name}: {raw.size} bytes is not a whole number of {CIFAR_RECORD}-byte records")
+        records.append(raw.reshape(-1, CIFAR_RECORD))
+    data = np.concatenate(records)
+    labels = data[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise ValueError(f"{path}: a CIFAR-10 label byte is above 9 ({labels.max()}); is this the binary version?")
+    return _as_images(data[:, 1:].reshape(-1, 3, 32, 32)), labels
+
+
+DIGITS_TRAIN = 1437  # the first 80 % of scikit-learn's 1797 digits; the rest is the test split
+
+
+def load_image_set(name: str, path=None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """One of :data:`IMAGE_SETS` as (images (N, C, H, W) float32 in [0, 1], labels (N,) int64).
+
+    ``path`` is required for "mnist", "svhn" and "cifar10"; "fashion-mnist" defaults to
+    :data:`FASHION_MNIST_DIR`; "digits" (scikit-learn's 8×8 digits, 1 × 8 × 8) takes none and
+    splits at :data:`DIGITS_TRAIN`."""
+    if name not in IMAGE_SETS:
+        raise ValueError(f"unknown image set {name!r}; choose from {', '.join(IMAGE_SETS)}")
+    _split(split)
+    if name == "digits":
+        X, y = load_digits()
+        part = slice(None, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
+        return X[part].reshape(-1, 1, 8, 8).astype(np.float32), y[part]
+    if name == "fashion-mnist":
+        return load_fashion_mnist(path, split)
+    if path is None:
+        raise ValueError(f"the {name} data set needs a path (--data {name}=PATH)")
+    loader = {"mnist": load_mnist, "svhn": load_svhn, "cifar10": load_cifar10}[name]
+    return loader(path, split)
+
+
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "IMAGE_SETS",
+    "digits_lasso_data",
+    "load_cifar10",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_idx_images",
+    "load_image_set",
+    "load_mnist",
+    "load_svhn",
+    "read_idx",
+    "write_idx",
+]

@@ -19,7 +19,7 @@ from pathlib import Path
 from .._threads import threads  # noqa: F401  (the experiments run their small problems on one thread)
 
 EXPERIMENTS: dict[str, dict] = {}
-MODULES = ["xie2019", "sen2024", "sulam2018", "moreau", "chen2018", "certified", "xie_smlm"]
+MODULES = ["xie2019", "sen2024", "sulam2018", "moreau", "chen2018", "certified", "xie_smlm", "sulam_classify"]
 
 
 def experiment(name: str, *, paper: str, what: str):

@@ -400,10 +400,23 @@ def load(path, *, map_location=None) -> UnrolledNet:
 
     Returns
     -------
-    UnrolledNet
-        The network, of the saved class.
+    UnrolledNet or Classifier
+        The network, of the saved class (a :class:`~unrolled.nets.classifier.Classifier` with its net).
     """
     tensors, meta = load_tensors(path)
+    if meta.get("class") == "Classifier":  # a net with a linear head (nets/classifier.py)
+        from .classifier import Classifier
+
+        net = Classifier.from_tensors(tensors, meta, path)
+    else:
+        net = from_tensors(tensors, meta, path)
+    if map_location is not None:
+        net.to(map_location)
+    return net
+
+
+def from_tensors(tensors: dict, meta: dict, path) -> UnrolledNet:
+    """The network of a saved file's tensors and metadata (as read by :func:`load_tensors`)."""
     if meta.get("format") != FORMAT or meta.get("class") not in NETS:
         raise ValueError(f"{path}: unknown model format/class {meta.get('format')!r}/{meta.get('class')!r}")
     config = dict(meta["config"])
@@ -414,6 +427,4 @@ def load(path, *, map_location=None) -> UnrolledNet:
     net.load_state_dict(tensors, strict=True)
     if net.fingerprint != meta["fingerprint"]:
         raise ValueError(f"{path}: operator fingerprint mismatch")
-    if map_location is not None:
-        net.to(map_location)
     return net

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import operators
-from .._validate import choice, nonnegative_float
+from .._validate import choice, nonnegative_float, positive_int
 from ..algorithms._common import GradientStep, extrapolate, fista_momentum
 from ..algorithms.lasso import ista_step
 from ..algorithms.mlbp import ml_ista_layers, representations
@@ -206,6 +206,82 @@ class _MultiLayerNet(UnrolledNet):
     def stack_shape(self) -> tuple:
         """The shape of one deepest code, D_L's ``in_shape``."""
         return tuple(self.dictionaries[-1].in_shape)
+
+
+def conv_dictionaries(
+    image_shape, channels, kernels, strides, *, seed: int = 0, unit_norm: bool = True, dtype=torch.float32
+) -> list:
+    """Random convolutional dictionaries D_1, …, D_L for the multi-layer nets (Dᵢᵀ the strided
+    convolution, no padding), filters i.i.d. U(−1/√f, 1/√f) with f = C_{i−1}·k_i² (torch's default
+    for a convolution), each then scaled to ‖D_i‖₂ = 1 when ``unit_norm`` (so the analytic steps of
+    the nets are 1 and their codes keep the signal's scale).
+
+    Parameters
+    ----------
+    image_shape : (C, H, W)
+        The signal's shape, e.g. (1, 28, 28) for MNIST.
+    channels, kernels, strides : sequences of L ints
+        Filters, kernel sizes and strides of each layer (sulam2018 §4 on MNIST: (64, 128, 512),
+        (6, 6, 4), (2, 2, 1)).
+    seed : int
+    unit_norm : bool
+        Scale every D_i to spectral norm 1 (power iteration, float64).
+    dtype : torch dtype
+
+    Returns
+    -------
+    list of L operators, D_i of shape (n_{i−1}, n_i), for ``MLISTANet(dictionaries, …)``.
+    """
+    if not len(channels) == len(kernels) == len(strides) > 0:
+        raise ValueError("channels, kernels and strides need one entry per layer, and at least one layer")
+    gen = torch.Generator().manual_seed(seed)
+    shape, ops = tuple(image_shape), []
+    for i, (c, k, s) in enumerate(zip(channels, kernels, strides), start=1):
+        c, k, s = positive_int(c, f"channels[{i}]"), positive_int(k, f"kernels[{i}]"), positive_int(s, f"strides[{i}]")
+        bound = 1.0 / (shape[0] * k * k) ** 0.5
+        kernel = (2 * torch.rand(c, shape[0], k, k, generator=gen, dtype=torch.float64) - 1) * bound
+        conv = operators.Conv2dOperator(kernel, shape, stride=s, padding=0)
+        scale = conv.lipschitz**0.5 if unit_norm else 1.0
+        conv = operators.Conv2dOperator((kernel / scale).to(dtype), shape, stride=s, padding=0)
+        ops.append(conv.T)
+        shape = tuple(conv.out_shape)
+    return ops
+
+
+def rho_schedule(epochs: int, final: float = 1.0, steepness: float = 10.0):
+    """An ``on_epoch`` callback for ``ur.train`` moving ρ from 0 to ``final`` along a sigmoid
+    (sulam2018 Supplementary B: ρ = 0, the layer-wise relaxed model, progressively to ρ = 1;
+    ``final=0.5`` for SVHN, §4).
+
+    Parameters
+    ----------
+    epochs : int
+        The run's epochs: ρ = 0 at epoch 0 and ρ = ``final`` at epoch ``epochs − 1``.
+    final : float in [0, 1]
+        The last value of ρ.
+    steepness : float > 0
+        s of ρ_e = final · (σ(s(t − ½)) − σ(−s/2)) / (σ(s/2) − σ(−s/2)), t = e / (epochs − 1).
+
+    Returns
+    -------
+    callable ``(model, epoch, history=None) -> None``, ``ur.train``'s ``on_epoch``: sets ``model.rho``
+    (or ``model.net.rho`` for a
+    :class:`~unrolled.nets.Classifier`).
+    """
+    epochs = positive_int(epochs, "epochs")
+    final = _MLISTAFamily._checked_rho(final)
+    steepness = nonnegative_float(steepness, "steepness", strict=True)
+    low, high = torch.sigmoid(torch.tensor(-steepness / 2)), torch.sigmoid(torch.tensor(steepness / 2))
+
+    def set_rho(model, epoch: int, history=None) -> None:
+        net = getattr(model, "net", model)
+        if not isinstance(net, _MLISTAFamily):
+            raise TypeError(f"rho_schedule needs an MLISTANet or MLFISTANet, got {type(net).__name__}")
+        t = epoch / (epochs - 1) if epochs > 1 else 1.0
+        value = (torch.sigmoid(torch.tensor(steepness * (t - 0.5))) - low) / (high - low)
+        net.rho = min(1.0, max(0.0, final * float(value)))
+
+    return set_rho
 
 
 class _MLISTAFamily(_MultiLayerNet):
