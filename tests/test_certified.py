@@ -72,7 +72,15 @@ def test_certify_keeps_the_callers_kind(xie):
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e4])
-def test_refine_nnls_is_certified_and_optimal(xie, scale):
+@pytest.mark.parametrize("loop", ["compiled", "torch"])
+def test_refine_nnls_is_certified_and_optimal(xie, scale, loop, monkeypatch):
+    """Both routes: LH in C from the net's support, and (no C compiler) the batched support step + active set."""
+    from unrolled.algorithms import _compiled
+
+    if loop == "torch":
+        monkeypatch.setitem(_compiled._state, "lib", None)
+    elif _compiled.library() is None:
+        pytest.skip("no C compiler")
     A, Y, _ = xie
     A, Y = A * scale, Y * scale  # badly scaled: the certificate and the result must not care
     net = ur.nets.LAPGD(A.astype(np.float32), 3, init="paper")

@@ -41,7 +41,7 @@ def _build() -> ctypes.CDLL | None:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
-            cmd = [compiler, "-O2", "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"]
+            cmd = [compiler, "-O3", "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"]
             done = subprocess.run(cmd, capture_output=True, timeout=120)
             if done.returncode != 0:
                 os.unlink(tmp)

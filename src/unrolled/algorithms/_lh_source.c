@@ -85,7 +85,7 @@ static void remove_at(row_t *t, int p) {
         memcpy(t->L + (size_t)i * n, t->L + (size_t)(i + 1) * n, (size_t)k * sizeof(double));
     }
     for (int c = p; c < k - 1; c++) {
-        double a = t->L[c * n + c], e = t->L[c * n + c + 1], h = hypot(a, e);
+        double a = t->L[c * n + c], e = t->L[c * n + c + 1], h = sqrt(a * a + e * e); /* |L| <= 1: no overflow */
         double cs = a / h, sn = e / h;
         for (int i = c; i < k - 1; i++) {
             double x1 = t->L[i * n + c], x2 = t->L[i * n + c + 1];

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..operators import DenseOperator
-from ..problems import NNLS, row_norm
+from ..problems import NNLS, ratio, row_norm
 from ..solve import CHUNK, Result, _History, finish
 from ._compiled import lh_gram, library
 
@@ -279,33 +279,59 @@ class ActiveSet:
         """Whether :meth:`run_compiled` can solve ``Y``: CPU data and a C compiler (``_compiled``)."""
         return Y.device.type == "cpu" and library() is not None
 
+    def lh_rows(self, Y, start, max_iter: int, progress: bool = False):
+        """LH in C (``_lh_source.c``: the same steps, one row after another, no per-step Python
+        overhead) on every row of ``Y``, ``CHUNK`` rows per call, each to LH's own stop (``rtol``)
+        or ``max_iter`` steps.
+
+        Parameters
+        ----------
+        Y : tensor (batch, m)
+            Measurements (CPU).
+        start : tensor (batch, n) or None
+            Normalised feasible starts c ⊙ x0 ≥ 0 (their supports are loaded as P), or None for P = ∅.
+        max_iter : int
+            LH steps (adds + removes) per row.
+
+        Returns
+        -------
+        (x, steps)
+            Answers (batch, n) in the operator's dtype and LH steps per row (batch,).
+        """
+        B, dt = Y.shape[0], torch.float64
+        x = torch.empty(B, self.n, dtype=self.dtype)
+        steps = torch.empty(B, dtype=torch.long)
+        G = self.G_pad[: self.n, : self.n]
+        chunks = range(0, B, CHUNK)
+        for i in tqdm(chunks, desc=self.name, leave=False) if progress else chunks:
+            Yr = Y[i : i + CHUNK].to(dt)
+            s0 = torch.zeros(len(Yr), self.n, dtype=dt) if start is None else start[i : i + CHUNK]
+            xr, st, _ = lh_gram(G, Yr @ self.A, self.rtol * row_norm(Yr), s0, max_iter, self.dtol)
+            x[i : i + CHUNK], steps[i : i + CHUNK] = (xr / self.c).to(self.dtype), st
+        return x, steps
+
     def run_compiled(
         self, Y, X0, *, tol: float, max_iter: int, history: str = "summary", progress: bool = False, kind=None
     ) -> Result:
-        """Every row by LH in C (``_lh_source.c``: the same steps, one row after another, no per-step
-        Python overhead), ``CHUNK`` rows per call. Rows whose start is within ``tol`` keep it
-        (0 steps); the others run to LH's own stop (``rtol``) or ``max_iter`` steps, and
-        ``converged`` is their certificate ≤ ``tol``. ``history``: the start and the end.
-        ``refine`` is always 1 here.
-        """
-        problem, dt = self.problem, torch.float64
+        """Every row by :meth:`lh_rows` (``refine`` is always 1 there). Rows whose start is within
+        ``tol`` keep it (0 steps); ``converged`` is the final certificate ≤ ``tol``;
+        ``history``: the start and the end."""
+        problem = self.problem
         t0 = time.perf_counter()
         start = self._start(Y, X0)
-        if start is None:
-            start = torch.zeros(Y.shape[0], self.n, dtype=dt)
-        x = (start / self.c).to(self.dtype)
+        if start is None:  # at x = 0: f = ½‖y‖², certificate max_j (Aᵀy)_j⁺ / c_j / ‖y‖ (problems.NNLS)
+            x = torch.zeros(Y.shape[0], self.n, dtype=self.dtype)
+            obj = 0.5 * Y.pow(2).sum(1)
+            cert = ratio((problem.op.adjoint(Y) / self.c.to(self.dtype)).clamp(min=0).amax(1), row_norm(Y))
+        else:
+            x = (start / self.c).to(self.dtype)
+            obj, cert = problem.objective(x, Y), problem.certificate(x, Y)
         hist = _History(history == "full")
-        obj, cert = problem.objective(x, Y), problem.certificate(x, Y)
         hist.record(0, 0.0, obj, cert, obj, cert)
         n_iter = torch.zeros(Y.shape[0], dtype=torch.long)
         todo = (cert > tol).nonzero().squeeze(1)
-        G = self.G_pad[: self.n, : self.n]
-        for i in tqdm(range(0, len(todo), CHUNK), desc=self.name, disable=not progress, leave=False):
-            rows = todo[i : i + CHUNK]
-            Yr = Y[rows].to(dt)
-            xr, steps, _ = lh_gram(G, Yr @ self.A, self.rtol * row_norm(Yr), start[rows], max_iter, self.dtol)
-            x[rows], n_iter[rows] = (xr / self.c).to(self.dtype), steps
         if len(todo):
+            x[todo], n_iter[todo] = self.lh_rows(Y[todo], None if start is None else start[todo], max_iter, progress)
             obj[todo], cert[todo] = problem.objective(x[todo], Y[todo]), problem.certificate(x[todo], Y[todo])
             hist.record(int(n_iter.max()), time.perf_counter() - t0, obj[todo], cert[todo], obj, cert)
         vector = bool(kind and kind.vector)
