@@ -281,8 +281,8 @@ def test_bench_rows_reach_the_tolerance(xie, moreau):
         ("xie", "nnls", ur.nets.LAPGD(A, 3), A, Y[:40]),
         ("lasso", "lasso", ur.nets.SLISTA(D, 5, 0.1), D, Yl[:40]),
     ):
-        rows, ratio = _bench_setting(label, kind, net, op, Yb, repeat=1, n_ref=5)
+        rows, ratio, vs_ref = _bench_setting(label, kind, net, op, Yb, repeat=1, n_ref=5)
         names = [r["method"] for r in rows]
-        assert any(n.endswith("+ refine") for n in names) and ratio > 0
+        assert any(n.endswith("+ refine") for n in names) and ratio > 0 and vs_ref > 0
         refined = rows[names.index(next(n for n in names if n.endswith("+ refine")))]
         assert refined["problems"] == 40 and refined["accuracy"] <= TOL

@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,6 +62,21 @@ def library() -> ctypes.CDLL | None:
     if "lib" not in _state:
         _state["lib"] = _build()
     return _state["lib"]
+
+
+@contextmanager
+def disabled():
+    """Within the block :func:`library` returns None, so the active set runs its torch steps (bench, tests)."""
+    missing = object()
+    saved = _state.get("lib", missing)
+    _state["lib"] = None
+    try:
+        yield
+    finally:
+        if saved is missing:
+            del _state["lib"]
+        else:
+            _state["lib"] = saved
 
 
 def lh_gram(G: torch.Tensor, b: torch.Tensor, thr: torch.Tensor, x0: torch.Tensor, max_steps: int, dtol: float):
