@@ -6,11 +6,13 @@ the relative KKT residual for NNLS, the relative duality gap for the Lasso) and 
 of the network's answer, evaluated in float64. :func:`refine` uses the answer as a warm start
 and iterates until every row is certified to ``tol``. The default route exploits the answer's
 *support*: the least-squares problem restricted to it is solved for the whole batch at once
-and kept where the certificate accepts it (NNLS: x_S = (A_SᵀA_S)⁻¹A_Sᵀy on the support of one
-projected-gradient step from the answer, Lawson & Hanson 1995, ch. 23; Lasso: the sign-constrained
-solution of :func:`~unrolled.algorithms.lasso.support_polish` on the answer's support), and an exact
-method fixes only the rows that fail (NNLS: the active set started from that least-squares
-candidate; Lasso: FISTA with restart and support polish from the answer).
+and kept where the certificate accepts it, and an exact method fixes only the rows that fail.
+NNLS on the CPU: Lawson & Hanson (1995, ch. 23) in C (the active set's compiled loop) started from
+the answer's support, whose first solve and KKT check are x_S = (A_SᵀA_S)⁻¹A_Sᵀy and its test, in
+one pass over the rows; elsewhere the batched x_S on the support of one projected-gradient step from
+the answer, then the active set from that candidate. Lasso: the sign-constrained solution of
+:func:`~unrolled.algorithms.lasso.support_polish` on the answer's support, then FISTA with restart
+and support polish from the answer.
 
 Measured in ``unrolled bench`` (set ``certified``); the Lasso networks' supports are rarely exact,
 so there the refinement is FISTA from a better start.
@@ -231,8 +233,8 @@ def _refine_nnls(r: _Rows, todo, tol, method, max_iter, options) -> None:
 
     problem, Y = r.problem, r.Y
     dense = isinstance(problem.op, DenseOperator)
-    if method is None and dense and ActiveSet.compiled(Y):
-        solver = ActiveSet(problem, **options)
+    if method is None and dense and ActiveSet.compiled(Y) and set(options) <= {"rtol", "check_every"}:
+        solver = ActiveSet(problem, **{k: v for k, v in options.items() if k == "rtol"})  # (LH in C has no checks)
         start = r.X[todo] * solver.c  # normalised; its small entries are left for LH to add back if needed
         start = start.masked_fill_(start < START_FRACTION * start.amax(1, keepdim=True), 0.0)
         x, steps = solver.lh_rows(Y[todo], start, max_iter)
