@@ -98,7 +98,7 @@ static void remove_at(row_t *t, int p) {
 
 /* One problem: returns LH steps taken; *stop = 1 when the KKT rule ended it. */
 static int lh_row(row_t *t, const double *b, double thr, double *x, int max_steps, double dtol, int *stop) {
-    int n = t->n, steps = 0;
+    int n = t->n, steps = 0, last_added = -1;
     t->np = 0;
     memset(t->inP, 0, (size_t)n);
     memset(t->blocked, 0, (size_t)n);
@@ -124,7 +124,7 @@ static int lh_row(row_t *t, const double *b, double thr, double *x, int max_step
                 int first = -1;
                 for (int i = 0; i < t->np; i++) {
                     if (t->s[i] > 0) continue;
-                    double xi = x[t->P[i]], a = xi / (xi - t->s[i]);
+                    double xi = x[t->P[i]], a = xi - t->s[i] > 0 ? xi / (xi - t->s[i]) : 0.0;
                     if (first < 0 || a < alpha) alpha = a, first = i;
                 }
                 if (alpha < 0) alpha = 0;
@@ -133,10 +133,12 @@ static int lh_row(row_t *t, const double *b, double thr, double *x, int max_step
                     x[j] += alpha * (t->s[i] - x[j]);
                     if (x[j] < 0) x[j] = 0;
                 }
-                x[t->P[first]] = 0.0;
+                int dropped = t->P[first];
+                x[dropped] = 0.0;
                 for (int i = t->np - 1; i >= 0; i--)
                     if (x[t->P[i]] <= 0) remove_at(t, i);
                 memset(t->blocked, 0, (size_t)n); /* P shrank: skipped columns may be independent again */
+                if (dropped == last_added && alpha == 0) t->blocked[dropped] = 1; /* rounding: no add/remove cycle */
                 steps++;
                 continue;
             }
@@ -157,6 +159,7 @@ static int lh_row(row_t *t, const double *b, double thr, double *x, int max_step
             if (j < 0 || !(t->w[j] > thr)) break;
             if (try_add(t, j, dtol)) {
                 added = 1;
+                last_added = j;
                 break;
             }
             t->blocked[j] = 1;
