@@ -157,7 +157,8 @@ def nnls(
         (``n_iter`` adds both; ``history["active_set"]`` is the second stage's history).
         By name: ``"pgd"`` (xie2019 eq. 1.4), ``"apgd"`` (eq. 1.5–1.6; ``gamma=0.9``,
         ``momentum="constant"|"nesterov"``, ``restart``), ``"ogd"`` (sen2024 eq. 3;
-        ``power=2``) or ``"active-set"`` (Lawson–Hanson, exact; ``warm_start``, ``rtol``).
+        ``power=2``) or ``"active-set"`` (Lawson–Hanson, exact; ``warm_start``, ``rtol``; on the
+        CPU run row by row in C when a C compiler is available, see ``algorithms.active_set``).
     tol : float
         Stop a problem when its certificate, the column-normalised relative KKT residual
         (:meth:`unrolled.problems.NNLS.certificate`), is ≤ ``tol``.
