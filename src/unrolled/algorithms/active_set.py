@@ -331,6 +331,7 @@ class ActiveSet:
         n_iter = torch.zeros(Y.shape[0], dtype=torch.long)
         todo = (cert > tol).nonzero().squeeze(1)
         if len(todo):
+            todo = slice(None) if len(todo) == len(Y) else todo  # (all rows: views, not copies)
             x[todo], n_iter[todo] = self.lh_rows(Y[todo], None if start is None else start[todo], max_iter, progress)
             obj[todo], cert[todo] = problem.objective(x[todo], Y[todo]), problem.certificate(x[todo], Y[todo])
             hist.record(int(n_iter.max()), time.perf_counter() - t0, obj[todo], cert[todo], obj, cert)
