@@ -151,3 +151,55 @@ def test_bench_quick_accuracy_column(capsys, tmp_path):
     assert all(r["accuracy"] < 1e-6 for r in xie.values())
     for r in results["sets"]["lasso-64x256"]["rows"]:
         assert r["accuracy"] < 1e-6, r
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def route(request, monkeypatch):
+    """ur.nnls(..., "active-set") through LH in C, or through the batched torch steps (no compiler)."""
+    from unrolled.algorithms import _compiled
+
+    if request.param == "torch":
+        monkeypatch.setitem(_compiled._state, "lib", None)
+    elif _compiled.library() is None:
+        pytest.skip("no C compiler")
+    return request.param
+
+
+def _hard_cases():
+    rng = np.random.default_rng(21)
+    scaled = rng.standard_normal((20, 10)) * np.logspace(-6, 6, 10)  # columns over 12 orders of magnitude
+    base = rng.standard_normal((16, 6))
+    duplicated = np.hstack([base, base[:, :3] * np.array([1.0, 1e3, 1e-3])])
+    low_rank = rng.standard_normal((15, 4)) @ rng.standard_normal((4, 12))  # rank 4 < min(m, n)
+    xie, _ = bench.xie_problems(1, seed=3)
+    return {"scaled": scaled, "duplicated": duplicated, "low rank": low_rank, "xie 10x20": xie}
+
+
+@pytest.mark.parametrize("case", ["scaled", "duplicated", "low rank", "xie 10x20"])
+def test_both_routes_solve_the_hard_cases_like_scipy(route, case):
+    """Certified, and no objective above SciPy's (on the column-normalised problem, where SciPy is accurate)."""
+    A = _hard_cases()[case]
+    rng = np.random.default_rng(len(case))
+    Y = np.vstack([rng.standard_normal((20, A.shape[0])), (A @ np.abs(rng.standard_normal((A.shape[1], 20)))).T])
+    c = np.linalg.norm(A, axis=0)
+    ref = _reference(A / c, Y) / c
+    res = ur.nnls(A, Y, method="active-set", tol=1e-9)
+    assert res.converged.all() and (res.x >= 0).all() and res.certificate.max() < 1e-9
+    scale = 0.5 * (Y**2).sum(1)
+    assert np.max((_obj(A, res.x, Y) - _obj(A, ref, Y)) / scale) < 1e-10
+    r32 = ur.nnls(A.astype(np.float32), Y.astype(np.float32), method="active-set", tol=1e-5)
+    assert r32.x.dtype == np.float32 and r32.converged.all()
+    assert np.max((_obj(A, r32.x.astype(np.float64), Y) - _obj(A, ref, Y)) / scale) < 1e-5
+
+
+def test_compiled_route_counts_steps_and_honours_warm_starts(route):
+    """n_iter counts LH steps; a start within tol costs 0 steps; a start near the answer saves steps."""
+    A, Y = bench.xie_problems(200, seed=5)
+    cold = ur.nnls(A, Y, method="active-set", tol=1e-12)
+    assert cold.converged.all() and (cold.n_iter >= 1).all()
+    again = ur.nnls(A, Y, method="active-set", tol=1e-6, x0=cold.x)
+    assert (again.n_iter == 0).all() and np.array_equal(again.x, cold.x)
+    near = ur.nnls(A, Y, method="active-set", tol=1e-12, x0=cold.x * 0.9)
+    assert near.converged.all() and near.n_iter.mean() < cold.n_iter.mean()
+    capped = ur.nnls(A, Y, method="active-set", tol=1e-12, max_iter=1)
+    assert (capped.n_iter <= 1).all() and not capped.converged.all()

@@ -72,7 +72,15 @@ def test_certify_keeps_the_callers_kind(xie):
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e4])
-def test_refine_nnls_is_certified_and_optimal(xie, scale):
+@pytest.mark.parametrize("loop", ["compiled", "torch"])
+def test_refine_nnls_is_certified_and_optimal(xie, scale, loop, monkeypatch):
+    """Both routes: LH in C from the net's support, and (no C compiler) the batched support step + active set."""
+    from unrolled.algorithms import _compiled
+
+    if loop == "torch":
+        monkeypatch.setitem(_compiled._state, "lib", None)
+    elif _compiled.library() is None:
+        pytest.skip("no C compiler")
     A, Y, _ = xie
     A, Y = A * scale, Y * scale  # badly scaled: the certificate and the result must not care
     net = ur.nets.LAPGD(A.astype(np.float32), 3, init="paper")
@@ -167,6 +175,29 @@ def test_the_certificate_detects_a_shifted_distribution():
     assert res.converged.all()
 
 
+def test_the_certificate_detects_shifts_of_another_operator_and_support():
+    """Own setting: |N(0, 1)| 12×24, signals on the fixed support {4, 11, 17}; shifted to another fixed
+    support and to random supports of 5. A scale of y (the net is positively homogeneous) is no shift."""
+    rng = np.random.default_rng(3)
+    A = np.abs(rng.standard_normal((12, 24)))
+
+    def signals(n, support=None):
+        X = np.zeros((n, 24))
+        for row in X:
+            cols = support if support is not None else rng.choice(24, 5, replace=False)
+            row[cols] = rng.uniform(1, 10, len(cols))
+        return X @ A.T, X
+
+    Y, X = signals(900, [4, 11, 17])
+    net = ur.nets.LPGD(A, 1)
+    ur.train(net, Y[:600], X[:600], epochs=15, batch_size=100, lr=1e-2, progress=False)
+    own = np.median(net.certify(Y[600:]).certificate)
+    for support in ([0, 9, 20], None):
+        shifted = np.median(net.certify(signals(300, support)[0]).certificate)
+        assert shifted >= 10 * own, (support, shifted, own)
+    assert np.median(net.certify(10 * Y[600:]).certificate) == pytest.approx(own, rel=1e-9)
+
+
 def test_cli_solve_writes_certificates_and_refines_in_chunks(xie, tmp_path, capsys):
     import json
 
@@ -235,6 +266,10 @@ def test_reproduce_certified_inference_quick(tmp_path):
     assert slista["operator ×3"]["median"] > 2 * slista["in distribution"]["median"]
     # LAPGD is positively homogeneous and the certificate scale-invariant: a scaled operator is no shift
     assert lapgd["operator ×10"]["median"] == pytest.approx(lapgd["in distribution"]["median"], rel=1e-6)
+    # ... and its answers are as good as in distribution, by the objective against the certified optimum
+    assert lapgd["operator ×10"]["excess_vs_in_distribution"] == pytest.approx(1.0, rel=1e-4)
+    assert lapgd["sparsity 6–8"]["excess_vs_in_distribution"] > 2
+    assert all(r["detected"] == (r["median_vs_in_distribution"] >= 10) for s in (lapgd, slista) for r in s.values())
 
 
 def test_bench_rows_reach_the_tolerance(xie, moreau):
@@ -246,8 +281,8 @@ def test_bench_rows_reach_the_tolerance(xie, moreau):
         ("xie", "nnls", ur.nets.LAPGD(A, 3), A, Y[:40]),
         ("lasso", "lasso", ur.nets.SLISTA(D, 5, 0.1), D, Yl[:40]),
     ):
-        rows, ratio = _bench_setting(label, kind, net, op, Yb, repeat=1, n_ref=5)
+        rows, ratio, vs_ref = _bench_setting(label, kind, net, op, Yb, repeat=1, n_ref=5)
         names = [r["method"] for r in rows]
-        assert any(n.endswith("+ refine") for n in names) and ratio > 0
+        assert any(n.endswith("+ refine") for n in names) and ratio > 0 and vs_ref > 0
         refined = rows[names.index(next(n for n in names if n.endswith("+ refine")))]
         assert refined["problems"] == 40 and refined["accuracy"] <= TOL

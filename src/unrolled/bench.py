@@ -224,6 +224,14 @@ def _scipy_nnls_loop(A, Y):
     return out
 
 
+def _torch_steps(A, Y, max_iter: int):
+    """The exact active set through its batched torch steps (the route without a C compiler, and on a GPU)."""
+    from .algorithms._compiled import disabled
+
+    with disabled():
+        return ur_nnls(A, Y, "active-set", tol=1e-12, max_iter=max_iter)
+
+
 def bench_xie(N: int, repeat: int, quick: bool = False) -> tuple[list[dict], str]:
     A, Y = xie_problems(N)
     t_ref, X_ref = _best(lambda: _scipy_nnls_loop(A, Y), repeat)
@@ -235,13 +243,14 @@ def bench_xie(N: int, repeat: int, quick: bool = False) -> tuple[list[dict], str
     runs = [
         ("default ur.nnls(A, Y)", lambda: ur_nnls(At, Yt), None),
         ("active-set f64 (exact)", lambda: ur_nnls(At, Yt, "active-set", tol=1e-12, max_iter=10 * A.shape[1]), None),
+        ("active-set f64, torch steps (no C)", lambda: _torch_steps(At, Yt, 10 * A.shape[1]), None),
         (
             "apgd f64 (restart, kkt 1e-6)",
             lambda: ur_nnls(At, Yt, "apgd", momentum="nesterov", restart=True, tol=1e-6, max_iter=20_000),
             APGD(NNLS(op), momentum="nesterov", restart=True),
         ),
     ]
-    for name, fn, method in runs[:2] if quick else runs:  # APGD needs ~10⁴ iterations here
+    for name, fn, method in runs[:3] if quick else runs:  # APGD needs ~10⁴ iterations here
         t, res = _best(fn, repeat)
         X = res.x.numpy()
         acc = float(np.max((_nnls_obj(A, X, Y) - f_ref) / scale))

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from ._validate import as_batch, choice, nonnegative_float
+from ._validate import as_batch, choice, nonnegative_float, positive_int
 from .algorithms.active_set import ActiveSet
 from .algorithms.lasso import ADMM as LassoADMM
 from .algorithms.lasso import FISTA, ISTA, OISTA
@@ -30,7 +30,7 @@ from .algorithms.mlbp import LayeredBP
 from .algorithms.nnls import APGD, OGD, PGD
 from .operators import DenseOperator, Operator, as_operator
 from .problems import MLBP, NNLS, Lasso
-from .solve import Result, finish, iterate
+from .solve import HISTORY, Result, finish, iterate
 
 NNLS_METHODS = {"pgd": PGD, "apgd": APGD, "ogd": OGD, "active-set": ActiveSet}
 LASSO_METHODS = {"ista": ISTA, "fista": FISTA, "oista": OISTA, "admm": LassoADMM}
@@ -157,7 +157,8 @@ def nnls(
         (``n_iter`` adds both; ``history["active_set"]`` is the second stage's history).
         By name: ``"pgd"`` (xie2019 eq. 1.4), ``"apgd"`` (eq. 1.5–1.6; ``gamma=0.9``,
         ``momentum="constant"|"nesterov"``, ``restart``), ``"ogd"`` (sen2024 eq. 3;
-        ``power=2``) or ``"active-set"`` (Lawson–Hanson, exact; ``warm_start``, ``rtol``).
+        ``power=2``) or ``"active-set"`` (Lawson–Hanson, exact; ``warm_start``, ``rtol``; on the
+        CPU run row by row in C when a C compiler is available, see ``algorithms.active_set``).
     tol : float
         Stop a problem when its certificate, the column-normalised relative KKT residual
         (:meth:`unrolled.problems.NNLS.certificate`), is ≤ ``tol``.
@@ -188,6 +189,12 @@ def nnls(
     if op.lipschitz == 0:
         return _zero_answer(problem, op.n, Y_t, kind, problem.certified)
     run = dict(tol=tol, max_iter=max_iter, check_every=check_every, progress=progress, history=history)
+    if method == "active-set" and ActiveSet.compiled(Y_t):  # LH in C: same steps, no per-step overhead
+        positive_int(check_every, "check_every")  # (validated as iterate does; LH in C has no checks)
+        solver = ActiveSet(problem, **options)
+        tol, max_iter = nonnegative_float(tol, "tol"), positive_int(max_iter, "max_iter")
+        history = choice(history, "history", HISTORY)
+        return solver.run_compiled(Y_t, X0, tol=tol, max_iter=max_iter, history=history, progress=progress, kind=kind)
     if not (auto and method == "apgd" and isinstance(op, DenseOperator)):
         return iterate(NNLS_METHODS[method](problem, **options), problem, Y_t, X0, kind=kind, **run)
     res = iterate(APGD(problem, **options), problem, Y_t, X0, **run)

@@ -12,10 +12,16 @@ feasible iterate x with supp(x) ⊆ P, and repeats:
   x ← x + α(s − x) with α = min_{j∈P, s_j≤0} x_j/(x_j − s_j), and drop the index that
   hit zero from P; otherwise x ← s.
 
-Batched: every row has its own P, and a ``step`` performs one add or one remove for
-every unfinished row at once. The least-squares solves use, per row, the inverse
-H = (A_PᵀA_P)⁻¹ of the passive Gram matrix, kept in a compact (k × k) slot layout,
-k = min(m, n) ≥ |P|, and updated by the bordering formulas (one rank-one update per
+Two routes to the same steps. On the CPU with a C compiler, ``ur.nnls(..., "active-set")``
+runs LH row after row in C (``_lh_source.c``, compiled on first use by ``_compiled``):
+Cholesky of the passive Gram matrix updated per add / remove, on the normal equations of
+the normalised problem below; on tiny problems the per-step cost of batched tensor ops
+dominates, so the loop in C is several times faster. Otherwise (a GPU, no compiler, or
+``iterate(ActiveSet(...))``) the batched torch steps: every row has its own P, and a
+``step`` performs one add or one remove for every unfinished row at once. The
+least-squares solves use, per row, the inverse H = (A_PᵀA_P)⁻¹ of the passive Gram
+matrix, kept in a compact slot layout that grows with the largest |P| up to
+k = min(m, n), and updated by the bordering formulas (one rank-one update per
 add or remove: O(k²) per row instead of a fresh factorisation):
 
     add j:    u = H g, d = G_jj − gᵀu  (g = G_{P,j}),   H ← H + v vᵀ/d,  v = u − e_j;
@@ -37,11 +43,16 @@ the result matches a QR-based LH (SciPy's ``nnls``) to rounding.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..operators import DenseOperator
-from ..problems import NNLS, row_norm
+from ..problems import NNLS, ratio, row_norm
+from ..solve import CHUNK, Result, _History, finish
+from ._compiled import lh_gram, library
 
 
 class ActiveSet:
@@ -117,9 +128,9 @@ class ActiveSet:
         return torch.bmm(H, v.unsqueeze(2)).squeeze(2)
 
     def _load_support(self, state, X0):
-        """Start LH from the support of X0 ≥ 0 (its k largest entries): H = (A_PᵀA_P)⁻¹ by Cholesky."""
-        n, k = self.n, self.k
-        vals, idx = X0.topk(k, dim=1)
+        """Start LH from the support of X0 ≥ 0 (its largest entries, one per slot): H = (A_PᵀA_P)⁻¹ by Cholesky."""
+        n = self.n
+        vals, idx = X0.topk(state["slots"].shape[1], dim=1)
         valid = vals > 0
         slots = torch.where(valid, idx, torch.full_like(idx, n))
         Gs = self.G_pad[slots[:, :, None], slots[:, None, :]]
@@ -140,27 +151,20 @@ class ActiveSet:
             state["xp"][good] = torch.where(P, F.pad(X0[ok], (0, 1)), torch.zeros_like(P, dtype=X0.dtype))
             state["x"] = self._x(state["xp"])
 
+    def _grow(self, state):
+        """One more slot for every row (zero row/column in H, slot index n): the passive sets
+        have outgrown the slots. Starting small keeps H as large as the supports, not min(m, n)."""
+        state["H"] = F.pad(state["H"], (0, 1, 0, 1))
+        state["slots"] = F.pad(state["slots"], (0, 1), value=self.n)
+        return state["H"], state["slots"]
+
     def _x(self, xp):
         """x = x̃ / c in the input dtype, from the padded normalised rows."""
         return (xp[:, : self.n] / self.c).to(self.dtype)
 
     # -- protocol ---------------------------------------------------------
-    def init(self, Y, X0):
-        B, n, k = Y.shape[0], self.n, self.k
-        dev, dt = Y.device, torch.float64
-        aty = F.pad(Y.to(dt) @ self.A, (0, 1))
-        xp = torch.zeros(B, n + 1, dtype=dt, device=dev)
-        state = {
-            "x": self._x(xp),
-            "xp": xp,
-            "aty": aty,
-            "thr": self.rtol * row_norm(Y.to(dt)),
-            "H": torch.zeros(B, k, k, dtype=dt, device=dev),
-            "slots": torch.full((B, k), n, dtype=torch.long, device=dev),
-            "P": torch.zeros(B, n + 1, dtype=torch.bool, device=dev),
-            "blocked": torch.zeros(B, n + 1, dtype=torch.bool, device=dev),  # P ∪ skipped ∪ {n}
-            "finished": torch.zeros(B, dtype=torch.bool, device=dev),
-        }
+    def _start(self, Y, X0):
+        """The normalised feasible start c ⊙ x0 (APGD's point after ``warm_start`` steps if no x0), or None."""
         if X0 is None and self.warm_start > 0:
             from .nnls import APGD
 
@@ -169,8 +173,29 @@ class ActiveSet:
             for it in range(1, self.warm_start + 1):
                 apgd.step(st, it)
             X0 = st["x"]
+        return None if X0 is None else (X0.to(torch.float64) * self.c).clamp(min=0)
+
+    def init(self, Y, X0):
+        B, n = Y.shape[0], self.n
+        dev, dt = Y.device, torch.float64
+        X0 = self._start(Y, X0)
+        # slots: as many as the largest starting support (at least one), grown on demand up to k
+        slots = 1 if X0 is None else min(self.k, max(1, int((X0 > 0).sum(1).max())))
+        aty = F.pad(Y.to(dt) @ self.A, (0, 1))
+        xp = torch.zeros(B, n + 1, dtype=dt, device=dev)
+        state = {
+            "x": self._x(xp),
+            "xp": xp,
+            "aty": aty,
+            "thr": self.rtol * row_norm(Y.to(dt)),
+            "H": torch.zeros(B, slots, slots, dtype=dt, device=dev),
+            "slots": torch.full((B, slots), n, dtype=torch.long, device=dev),
+            "P": torch.zeros(B, n + 1, dtype=torch.bool, device=dev),
+            "blocked": torch.zeros(B, n + 1, dtype=torch.bool, device=dev),  # P ∪ skipped ∪ {n}
+            "finished": torch.zeros(B, dtype=torch.bool, device=dev),
+        }
         if X0 is not None:
-            self._load_support(state, (X0.to(dt) * self.c).clamp(min=0))
+            self._load_support(state, X0)
         state["blocked"] = state["P"].clone()
         state["blocked"][:, n] = True
         return state
@@ -205,9 +230,12 @@ class ActiveSet:
         # outer loop (add) where it is feasible: x = s, then the most violating j ∉ P
         feasible = ~infeasible & ~finished
         w_j, j_add = w.masked_fill(blocked, -float("inf")).max(1)
+        want = feasible & (w_j > state["thr"])
+        if H.shape[1] < self.k and bool((want & ~(slots == n).any(1)).any()):
+            H, slots = self._grow(state)
         empty = slots == n
         f_add = empty.to(torch.int8).argmax(1)
-        want = feasible & (w_j > state["thr"]) & empty.any(1)
+        want = want & empty.any(1)
         g = self.G_pad[slots, j_add.unsqueeze(1)]
         u = self._bmv(H, g)
         d = self.diag[j_add] - (g * u).sum(1)
@@ -222,7 +250,7 @@ class ActiveSet:
         c = torch.where(add, 1.0 / d, torch.where(infeasible, -1.0 / h_ff, torch.zeros_like(d)))
         c = torch.nan_to_num_(c, nan=0.0, posinf=0.0, neginf=0.0)
         v = torch.where(add.unsqueeze(1), v_add, v_rm)
-        H.baddbmm_((c.unsqueeze(1) * v).unsqueeze(2), v.unsqueeze(1))  # in place: no (B, k, k) temporary
+        H.addcmul_((c.unsqueeze(1) * v).unsqueeze(2), v.unsqueeze(1))  # in place; faster than baddbmm_ for small k
         r_idx = infeasible.nonzero().squeeze(1)
         if len(r_idx):
             f = f_rm[r_idx]
@@ -244,3 +272,68 @@ class ActiveSet:
         xp = torch.where(feasible.unsqueeze(1), s.clamp_(min=0), torch.where(infeasible.unsqueeze(1), x_in, xp))
         state["xp"], state["x"] = xp, self._x(xp)
         state["finished"] = finished | (feasible & ~want)
+
+    # -- the compiled route -------------------------------------------------
+    @staticmethod
+    def compiled(Y: torch.Tensor) -> bool:
+        """Whether :meth:`run_compiled` can solve ``Y``: CPU data and a C compiler (``_compiled``)."""
+        return Y.device.type == "cpu" and library() is not None
+
+    def lh_rows(self, Y, start, max_iter: int, progress: bool = False):
+        """LH in C (``_lh_source.c``: the same steps, one row after another, no per-step Python
+        overhead) on every row of ``Y``, ``CHUNK`` rows per call, each to LH's own stop (``rtol``)
+        or ``max_iter`` steps.
+
+        Parameters
+        ----------
+        Y : tensor (batch, m)
+            Measurements (CPU).
+        start : tensor (batch, n) or None
+            Normalised feasible starts c ⊙ x0 ≥ 0 (their supports are loaded as P), or None for P = ∅.
+        max_iter : int
+            LH steps (adds + removes) per row.
+
+        Returns
+        -------
+        (x, steps)
+            Answers (batch, n) in the operator's dtype and LH steps per row (batch,).
+        """
+        B, dt = Y.shape[0], torch.float64
+        x = torch.empty(B, self.n, dtype=self.dtype)
+        steps = torch.empty(B, dtype=torch.long)
+        G = self.G_pad[: self.n, : self.n]
+        chunks = range(0, B, CHUNK)
+        for i in tqdm(chunks, desc=self.name, leave=False) if progress else chunks:
+            Yr = Y[i : i + CHUNK].to(dt)
+            s0 = torch.zeros(len(Yr), self.n, dtype=dt) if start is None else start[i : i + CHUNK]
+            xr, st, _ = lh_gram(G, Yr @ self.A, self.rtol * row_norm(Yr), s0, max_iter, self.dtol)
+            x[i : i + CHUNK], steps[i : i + CHUNK] = (xr / self.c).to(self.dtype), st
+        return x, steps
+
+    def run_compiled(
+        self, Y, X0, *, tol: float, max_iter: int, history: str = "summary", progress: bool = False, kind=None
+    ) -> Result:
+        """Every row by :meth:`lh_rows` (``refine`` is always 1 there). Rows whose start is within
+        ``tol`` keep it (0 steps); ``converged`` is the final certificate ≤ ``tol``;
+        ``history``: the start and the end."""
+        problem = self.problem
+        t0 = time.perf_counter()
+        start = self._start(Y, X0)
+        if start is None:  # at x = 0: f = ½‖y‖², certificate max_j (Aᵀy)_j⁺ / c_j / ‖y‖ (problems.NNLS)
+            x = torch.zeros(Y.shape[0], self.n, dtype=self.dtype)
+            obj = 0.5 * Y.pow(2).sum(1)
+            cert = ratio((problem.op.adjoint(Y) / self.c.to(self.dtype)).clamp(min=0).amax(1), row_norm(Y))
+        else:
+            x = (start / self.c).to(self.dtype)
+            obj, cert = problem.objective(x, Y), problem.certificate(x, Y)
+        hist = _History(history == "full")
+        hist.record(0, 0.0, obj, cert, obj, cert)
+        n_iter = torch.zeros(Y.shape[0], dtype=torch.long)
+        todo = (cert > tol).nonzero().squeeze(1)
+        if len(todo):
+            todo = slice(None) if len(todo) == len(Y) else todo  # (all rows: views, not copies)
+            x[todo], n_iter[todo] = self.lh_rows(Y[todo], None if start is None else start[todo], max_iter, progress)
+            obj[todo], cert[todo] = problem.objective(x[todo], Y[todo]), problem.certificate(x[todo], Y[todo])
+            hist.record(int(n_iter.max()), time.perf_counter() - t0, obj[todo], cert[todo], obj, cert)
+        vector = bool(kind and kind.vector)
+        return finish(x, n_iter, cert <= tol, obj, cert, hist.arrays(vector), problem.certified, kind)
