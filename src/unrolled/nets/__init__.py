@@ -6,6 +6,7 @@ rebuild it from a saved file; every registered class of these modules is exporte
 
 from . import lista, mlbp, nnls  # noqa: F401  (importing a module registers its nets)
 from .base import NETS, UnrolledNet, load
+from .bounds import DepthBound, depth_bound, hoffman_theta
 
 globals().update({name: cls for name, cls in NETS.items() if cls.__module__.startswith(__name__)})
-__all__ = ["NETS", "UnrolledNet", "load", *NETS]
+__all__ = ["NETS", "DepthBound", "UnrolledNet", "depth_bound", "hoffman_theta", "load", *NETS]
