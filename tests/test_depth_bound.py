@@ -76,8 +76,16 @@ def test_sampled_theta_is_an_upper_bound_and_batches_take_the_largest_C():
     assert depth_bound(A, 1e-2, C=1.0, theta=1e9).iterations == 1
 
 
+def test_an_operator_gives_the_bound_of_its_matrix():
+    A = np.array([[1.0, 1.0], [0.0, 1.0]])
+    op = ur.operators.DenseOperator(A)
+    assert depth_bound(op, 1e-3, C=1.0) == depth_bound(A, 1e-3, C=1.0)
+
+
 def test_bad_input_is_refused_by_name():
     A = np.eye(2)
+    with pytest.raises(ValueError, match="A must be a non-empty 2-D"):
+        depth_bound(np.ones(3), 1e-3, C=1.0)
     with pytest.raises(ValueError, match="eps"):
         depth_bound(A, 0.0, C=1.0)
     with pytest.raises(ValueError, match="exactly one of y"):

@@ -90,3 +90,14 @@ def test_sen_digit3_small_run(tmp_path, monkeypatch):
         assert s[name]["psnr"][0] > s["PGD"]["psnr"][0]
         assert 0 < s[name]["ssim"][0] <= 1
     assert set(res["claims"]) == {"LOGD_psnr_ge_UPGDM", "UPGDM_psnr_ge_OGD", "LOGD_psnr_ge_UPGDM_every_seed"}
+
+
+@pytest.mark.parametrize(
+    "item, culprit", [("mnist=/nonexistent/mnist", "no such file"), ("fashion-mnist=/x", "takes --data mnist")]
+)
+def test_cli_refuses_bad_data_in_one_line(tmp_path, capsys, item, culprit):
+    from unrolled.cli import main
+
+    rc = main(["reproduce", "sen-digit3", "--quick", "--out", str(tmp_path), "--data", item])
+    err = capsys.readouterr().err
+    assert rc == 2 and culprit in err and len(err.strip().splitlines()) == 1

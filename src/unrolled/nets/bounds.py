@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
+import torch
 
 from .._validate import choice, nonnegative_float, positive_int, to_tensor
+from ..operators import as_operator
 
 NETS = ("lpgd", "lapgd")
 THETAS = ("hoffman", "sampled")
@@ -160,7 +162,8 @@ def depth_bound(
 
     Parameters
     ----------
-    A : array or tensor (m, n)
+    A : Operator, array or tensor (m, n)
+        Densified (an operator through its matrix).
     eps : float > 0
         The accuracy ε on ½‖A g(y) − y‖² − F*.
     y : array (m,) or (batch, m), optional
@@ -178,9 +181,7 @@ def depth_bound(
     -------
     DepthBound with ``iterations`` = ⌈k⌉, ``layers`` = ⌈k⌉ + 1, ``neurons`` = n⌈k⌉ + m.
     """
-    M = to_tensor(A, "A").double().cpu().numpy()
-    if M.ndim != 2 or 0 in M.shape:
-        raise ValueError(f"A must be a non-empty (m, n) matrix, got shape {M.shape}")
+    M = as_operator(A, dtype=torch.float64).matrix().detach().cpu().numpy()
     eps = nonnegative_float(eps, "eps", strict=True)
     net = choice(net, "net", NETS)
     C = _constant(y, C)
