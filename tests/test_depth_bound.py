@@ -61,6 +61,21 @@ def test_pgd_at_the_bound_reaches_eps(A, y):
     assert _pgd_objective_after(A, y, b.iterations) - F_star <= eps
 
 
+def test_hoffman_theta_equals_the_max_over_every_independent_row_set():
+    # brute force over all row subsets of M = [A; −A; −I] with independent rows: the bases suffice
+    from itertools import combinations
+
+    A = np.random.default_rng(2).uniform(0, 1, (2, 3))
+    M = np.vstack([A, -A, -np.eye(3)])
+    H = 0.0
+    for k in range(1, 4):
+        for rows in combinations(range(M.shape[0]), k):
+            s = np.linalg.svd(M[list(rows)], compute_uv=False)
+            if s[-1] > 1e-12:
+                H = max(H, 1 / s[-1])
+    assert hoffman_theta(A) == pytest.approx(1 / H**2, rel=1e-10)
+
+
 def test_sampled_theta_is_an_upper_bound_and_batches_take_the_largest_C():
     rng = np.random.default_rng(3)
     A = rng.uniform(0, 1, (3, 6))

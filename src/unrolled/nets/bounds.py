@@ -55,7 +55,7 @@ def _basis_norms(A: np.ndarray, rows: list, cols: list) -> np.ndarray:
     Ordering the columns as (cols, the rest), M_B = [[A_{I,S}, A_{I,J}], [0, I]] is block
     triangular, so it is a basis iff A_{I,S} is non-singular; singular ones are skipped.
     """
-    m, n = A.shape
+    n = A.shape[1]
     out = []
     for I, S in zip(rows, cols):
         M = np.zeros((n, n))
@@ -91,8 +91,9 @@ def hoffman_theta(A, *, sampled: bool = False, samples: int = 20_000, seed: int 
     bounded through minimal singular values of its submatrices (Güler, Hoffman & Rothblum
     1995 Thm 4.2): H = max ‖M_B⁻¹‖₂ = max 1/σ_min(M_B) over the sets B of linearly independent
     rows of M = [A; −A; −I]. Signs do not change singular values and a row with its negative
-    is dependent, so B takes rows of A and unit rows; by Cauchy interlacing adding a row never
-    raises 1/σ_min, so the maximum is over the bases (n rows): Σ_k C(m,k)C(n,k) = C(m+n, m) of them.
+    is dependent, so B takes rows of A and unit rows; by Cauchy interlacing (on M_B M_Bᵀ) adding
+    a row never raises σ_min, so the maximum is over the bases (n rows, the rank of M):
+    Σ_k C(m,k)C(n,k) = C(m+n, m) of them.
 
     Parameters
     ----------
