@@ -234,6 +234,7 @@ def fig3(quick: bool, out: Path, seed: int = 0) -> dict:
         classical = classical_errors(A, Yt, Xt, iters)
         learned = {"LPGD": [], "LAPGD": []}
         seconds = {"LPGD": [], "LAPGD": []}
+        recon = {"LPGD": [], "LAPGD": []}  # mean ½‖A x̂ − y‖², Theorem 2.1's quantity
         for kind in learned:
             # depth by depth: the depth-d net starts from the trained depth-(d−1) one (tied
             # weights: same parameters), is trained at depth d, and is evaluated at depth d
@@ -257,6 +258,7 @@ def fig3(quick: bool, out: Path, seed: int = 0) -> dict:
                     )
                 done = depth
                 learned[kind].append(recovery_error(net(Yt, depth=depth), Xt))
+                recon[kind].append(float(0.5 * ((net(Yt, depth=depth) @ A.T - Yt) ** 2).sum(1).mean()))
                 seconds[kind].append(round(hist.seconds, 1))
             net.save(Path(out) / f"{kind}-{max(depths)}.safetensors")
     rows = [["depth / iterations", "LPGD", "LAPGD", "PGD", "APGD"]]
@@ -286,6 +288,18 @@ def fig3(quick: bool, out: Path, seed: int = 0) -> dict:
                     s["APGD_iterations_to_match"] or f">{iters}",
                 ]
             )
+    # xie2019 Theorem 2.1 (nets.depth_bound) beside the depth at which the trained nets reach ε,
+    # ε a fraction of C = mean ‖y‖²/2 and the nets' best; θ from sampled bases: the theorem's depth is ≥ this
+    from ..nets import depth_bound, hoffman_theta
+
+    C, bounds = float(0.5 * (Yt.astype(np.float64) ** 2).sum(1).mean()), {}
+    theta = hoffman_theta(A.astype(np.float64), sampled=True, samples=2000 if quick else 20000, seed=seed)
+    for eps in (1e-1 * C, 1e-2 * C, max(min(r[-1] for r in recon.values()), 1e-12)):
+        k = depth_bound(A, eps, C=C, theta=theta).iterations
+        reach = {kind: next((d for d, r in zip(depths, recon[kind]) if r <= eps), None) for kind in recon}
+        bounds[f"{eps:.6g}"] = {"theorem_depth_at_least": k, "theta_sampled": theta, **reach}
+        reached = [reach[kd] or f">{max(depths)}" for kd in recon]
+        rows.append([f"depth: ½‖Ax̂−y‖² ≤ {eps:.3g}", *reached, f"Thm 2.1 ≥{k}", "-"])
 
     import matplotlib
 
@@ -311,6 +325,8 @@ def fig3(quick: bool, out: Path, seed: int = 0) -> dict:
         "classical_long": {k: {"iterations": iters, "error": v[-1]} for k, v in classical.items()},
         "learned_below_classical_at_every_depth": below,
         "speedup": speedup,
+        "reconstruction_error": recon,
+        "depth_bound": bounds,
         "table": rows,
     }
     return finish(out, "xie-fig3", results, {"fig3": fig}, started=t0)

@@ -6,8 +6,20 @@ rebuild it from a saved file; every registered class of these modules is exporte
 
 from . import lista, mlbp, nnls  # noqa: F401  (importing a module registers its nets)
 from .base import NETS, UnrolledNet, load
+from .bounds import DepthBound, depth_bound, hoffman_theta
 from .classifier import Classifier
 from .mlbp import conv_dictionaries, rho_schedule
 
 globals().update({name: cls for name, cls in NETS.items() if cls.__module__.startswith(__name__)})
-__all__ = ["NETS", "Classifier", "UnrolledNet", "conv_dictionaries", "load", "rho_schedule", *NETS]
+__all__ = [
+    "NETS",
+    "Classifier",
+    "DepthBound",
+    "UnrolledNet",
+    "conv_dictionaries",
+    "depth_bound",
+    "hoffman_theta",
+    "load",
+    "rho_schedule",
+    *NETS,
+]
