@@ -77,3 +77,17 @@ def test_fast_refuses_rows_of_the_wrong_width():
     f = ur.fast(ur.nets.LAPGD(torch.as_tensor(A), depth=3))
     with pytest.raises(ValueError, match="entries per signal"):
         f(torch.zeros(3, A.shape[0] + 1, dtype=torch.float64))
+
+
+def test_bench_inference_rows_on_the_device_given(capsys):
+    from unrolled import bench
+
+    rows, note = bench.bench_inference(512, 1, "cpu")
+    by_name = {r["method"]: r for r in rows}
+    assert by_name["ur.fast(net) (fused C kernel)"]["accuracy"] < 1e-5  # float32 rounding
+    assert by_name["hand-written addmm/ReLU chain"]["accuracy"] < 1e-5
+    assert 1e-6 < by_name["eager net, autocast bfloat16"]["accuracy"] < 0.1  # measured, not zero
+    assert all(r["speedup"] > 0 for r in rows[1:]) and "cpu" in note
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--sets", "inference", "--device", "no-such-device"])
+    assert "--device no-such-device" in capsys.readouterr().err
