@@ -112,3 +112,13 @@ def test_zarr_in_zarr_out_round_trip(problem, tmp_path):
     excess = (((X @ A.T - Y[:900]) ** 2).sum(1) - ((ref @ A.T - Y[:900]) ** 2).sum(1)) / (Y[:900] ** 2).sum(1)
     assert np.abs(excess).max() < 1e-9 and X.min() >= 0
     assert main([*args, "--key", "Z", "--output", str(tmp_path / "Z.zarr"), "--quiet"]) == 2  # no array Z
+
+
+def test_solve_fast_equals_the_eager_net_and_is_refused_for_a_method(problem, tmp_path):
+    root, A, Y, net = problem
+    out = tmp_path / "X.npy"
+    assert _solve(root, out, "--fast") == 0
+    with torch.no_grad():
+        np.testing.assert_allclose(np.load(out), net(torch.as_tensor(Y)).numpy(), rtol=0, atol=1e-10)
+    args = ["solve", "--method", "nnls", "--operator", str(root / "A.npy"), "--input", str(root / "Y.npy")]
+    assert main([*args, "--output", str(out), "--fast", "--quiet"]) == 2

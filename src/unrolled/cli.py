@@ -232,7 +232,7 @@ def _model_solver(args):
     if args.refine:
 
         def apply(Y):
-            res = ur.refine(net, np.array(Y), tol=args.tol, max_iter=args.max_iter)
+            res = ur.refine(net, np.asarray(Y), tol=args.tol, max_iter=args.max_iter)
             return res.x, np.asarray(res.converged), np.asarray(res.n_iter), res.history["certificate"][-1]
 
         return (
@@ -241,10 +241,12 @@ def _model_solver(args):
             (net.m, net.n),
         )
 
+    forward = ur.fast(net) if args.fast else net
+
     def apply(Y):
-        Y_t = torch.as_tensor(np.array(Y), dtype=net.operator.dtype)
+        Y_t = torch.as_tensor(np.asarray(Y), dtype=net.operator.dtype)
         with torch.no_grad():
-            X = net(Y_t)
+            X = forward(Y_t)
         cert = net.certify(Y_t, X).certificate.numpy() if args.certificates else None
         return X.numpy(), None, None, cert
 
@@ -256,8 +258,8 @@ def _method_solver(args):
 
     if not args.operator:
         raise UsageError("--method needs --operator A.npy")
-    if args.refine or args.certificates:
-        raise UsageError("--refine and --certificates are for a --model's answers; a --method solves to --tol")
+    if args.refine or args.certificates or args.fast:
+        raise UsageError("--refine, --certificates and --fast are for a --model; a --method solves to --tol")
     A = _load_array(args.operator, None, "operator")
     lasso_methods = {"lasso": None, **{m: m for m in ur.solvers.LASSO_METHODS}}  # "lasso": the default route
     nnls_methods = {"nnls": None, **{m: m for m in ur.solvers.NNLS_METHODS}}  # "nnls": the default route
@@ -281,7 +283,7 @@ def _method_solver(args):
         )
 
     def apply(Y):
-        res = solve(np.array(Y))  # a writable copy of the memory-mapped chunk
+        res = solve(Y)  # the chunk, read into memory by stream.Rows
         return res.x, np.asarray(res.converged), np.asarray(res.n_iter), None
 
     return apply, {"method": args.method, "lam": args.lam, "tol": args.tol}, A.shape
@@ -294,7 +296,7 @@ def _output_path(name: str) -> Path:
     return p if p.suffix in (".npy", ".zarr") else p.with_name(p.name + ".npy")
 
 
-SOLVE_OPTIONS = ("model", "method", "operator", "lam", "tol", "max_iter", "refine", "certificates")
+SOLVE_OPTIONS = ("model", "method", "operator", "lam", "tol", "max_iter", "refine", "certificates", "fast")
 
 
 def build_apply(options: dict):
@@ -460,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--refine", action="store_true", help="--model: refine the network's answers until each is certified to --tol"
+    )
+    s.add_argument(
+        "--fast", action="store_true", help="--model: run the net through ur.fast (a fused compiled pass; CPU)"
     )
     s.add_argument("--chunk", type=int, default=65536, help="rows solved at a time (bounds the memory)")
     s.add_argument(
