@@ -318,14 +318,15 @@ def _file_digest(path: str | None) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def _certificate_summary(path: Path) -> dict:
-    """Median and worst of the per-problem certificates saved at ``path``."""
-    certs = np.load(path, mmap_mode="r")
-    return {
-        "certificate_median": float(np.median(certs)),
-        "certificate_worst": float(np.max(certs)),
-        "certificates": str(path),
-    }
+def _certificate_summary(path: Path, keep: bool) -> dict:
+    """Median and worst of the per-problem certificates saved at ``path`` (removed unless ``keep``)."""
+    certs = np.load(path)
+    summary = {"certificate_median": float(np.median(certs)), "certificate_worst": float(np.max(certs))}
+    if keep:
+        summary["certificates"] = str(path)
+    else:
+        path.unlink()
+    return summary
 
 
 def cmd_solve(args) -> int:
@@ -344,6 +345,8 @@ def cmd_solve(args) -> int:
     certs = _output_path(args.certificates) if args.certificates else None
     if certs is not None and certs.suffix != ".npy":
         raise UsageError(f"--certificates {args.certificates}: certificates are written as .npy")
+    if certs is None and args.refine:  # refined answers report their certificates' median and worst
+        certs = out.with_name(f".{out.stem}.certificates.npy")
     t0 = time.perf_counter()
     options = {k: getattr(args, k) for k in SOLVE_OPTIONS}
     options["certificates"] = bool(args.certificates)
@@ -366,7 +369,7 @@ def cmd_solve(args) -> int:
     except KeyboardInterrupt:
         raise Interrupted("interrupted; rerun the same command to resume from the chunks done") from None
     if certs is not None:
-        info.update(_certificate_summary(certs))
+        info.update(_certificate_summary(certs, keep=bool(args.certificates)))
     if not args.model or args.refine:
         info.update(converged=done["converged"], mean_iterations=done["mean_iterations"])
     if done["resumed_chunks"]:
