@@ -310,10 +310,7 @@ def _pending_by_dask(scheduler, todo, solver, source, targets, chunk, sidecar, b
 
     client, cluster = _client(scheduler)
     try:
-        futures = {
-            client.submit(solve_chunk, solver, source, targets, i, chunk, 1, pure=False, key=f"unrolled-chunk-{i}"): i
-            for i in todo
-        }
+        futures = {client.submit(solve_chunk, solver, source, targets, i, chunk, 1, pure=False): i for i in todo}
         for future in as_completed(futures):
             sidecar.record(futures[future], future.result())
             bar.update(1)
