@@ -44,9 +44,10 @@ typedef REAL NAME_vec __attribute__((vector_size(64)));
 #define LANES (64 / (int)sizeof(REAL))
 static inline NAME_vec NAME_load(const REAL *p) { NAME_vec v; __builtin_memcpy(&v, p, 64); return v; }
 static inline void NAME_store(REAL *p, NAME_vec v) { __builtin_memcpy(p, &v, 64); }
-static inline NAME_vec NAME_relu(NAME_vec v) {
-    for (int l = 0; l < LANES; l++) v[l] = v[l] > 0 ? v[l] : 0;
-    return v;
+typedef INT NAME_ivec __attribute__((vector_size(64)));
+static inline NAME_vec NAME_relu(NAME_vec v) { /* max(v, 0) as a bit mask: one compare, one and */
+    NAME_vec zero = {0};
+    return (NAME_vec)((NAME_ivec)v & (NAME_ivec)(v > zero));
 }
 
 /* outputs i .. i + Q - 1 of one layer for a block of BLOCK rows (Q*NV accumulators in registers) */
@@ -125,8 +126,8 @@ void NAME(const REAL *Y, REAL *X, long rows, const int *dims, int nbuf, const in
 #undef NV
 """
 KERNEL = "".join(
-    KERNEL_TEMPLATE.replace("NAME", name).replace("REAL", real)
-    for name, real in (("chain_float", "float"), ("chain_double", "double"))
+    KERNEL_TEMPLATE.replace("NAME", name).replace("REAL", real).replace("INT", integer)
+    for name, real, integer in (("chain_float", "float", "int"), ("chain_double", "double", "long long"))
 )
 
 MAX_BUFFERS = 64
