@@ -7,6 +7,7 @@ by unrolling their steps (``unrolled.nets``). See the README for the list and so
 from . import data, metrics, nets
 from .certified import certify, refine
 from .datasets import FreshSamples
+from .fused import fast
 from .nets import load
 from .operators import (
     Conv2dOperator,
@@ -34,6 +35,7 @@ __all__ = [
     "load",
     "certify",
     "refine",
+    "fast",
     "nets",
     "data",
     "metrics",

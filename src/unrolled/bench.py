@@ -50,19 +50,30 @@ HEADER = ["method", "problems", "seconds", "µs/problem", "accuracy", "speed-up"
 
 
 # -- measurement helpers ------------------------------------------------------
+def _sync() -> None:
+    """Wait for queued GPU work (a no-op unless CUDA is in use), so that timings cover it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _best(fn, repeat: int):
-    """(best wall time over ``repeat`` runs, result of the last run)."""
+    """(best wall time over ``repeat`` runs, result of the last run); GPU work synchronised."""
     best, out = float("inf"), None
     for _ in range(repeat):
+        _sync()
         t0 = time.perf_counter()
         out = fn()
+        _sync()
         best = min(best, time.perf_counter() - t0)
     return best, out
 
 
-def matmul_rate(shapes, dtype, repeat: int = 5) -> float:
-    """torch GFLOP/s for the chain of GEMMs ``shapes`` = [(M, K, N), ...], best of ``repeat``."""
-    mats = [(torch.randn(M, K, dtype=dtype), torch.randn(K, N, dtype=dtype)) for M, K, N in shapes]
+def matmul_rate(shapes, dtype, repeat: int = 5, device="cpu") -> float:
+    """torch GFLOP/s for the chain of GEMMs ``shapes`` = [(M, K, N), ...] on ``device``, best of ``repeat``."""
+    mats = [
+        (torch.randn(M, K, dtype=dtype, device=device), torch.randn(K, N, dtype=dtype, device=device))
+        for M, K, N in shapes
+    ]
     flops = sum(2.0 * M * K * N for M, K, N in shapes)
 
     def run():
@@ -268,7 +279,7 @@ def bench_xie(N: int, repeat: int, quick: bool = False) -> tuple[list[dict], str
 SEN_TOL = 3e-6
 
 
-def bench_sen(N: int, n_ref: int, repeat: int) -> tuple[list[dict], str]:
+def bench_sen(N: int, n_ref: int, repeat: int, device="cpu") -> tuple[list[dict], str]:
     F, Y = sen_problems(N)
     n_ref = min(n_ref, N)
     t_ref, X_ref = _best(lambda: _scipy_nnls_loop(F, Y[:n_ref]), 1)
@@ -278,14 +289,14 @@ def bench_sen(N: int, n_ref: int, repeat: int) -> tuple[list[dict], str]:
         return float(np.max(np.linalg.norm(X @ F.T - Yb, axis=1) / np.linalg.norm(Yb, axis=1)))
 
     rows = [_row("scipy nnls (loop)", n_ref, t_ref, relres(X_ref, Y[:n_ref]))]
-    Ft, Yt = torch.from_numpy(F), torch.from_numpy(Y)
+    Ft, Yt = torch.from_numpy(F).to(device), torch.from_numpy(Y).to(device)  # moved once, before timing
     t, res = _best(lambda: ur_nnls(Ft, Yt, tol=SEN_TOL, max_iter=20_000), repeat)
-    rows.append(_row(f"default ur.nnls(F, Y, tol={SEN_TOL:g})", N, t, relres(res.x.numpy(), Y), ref_us))
+    rows.append(_row(f"default ur.nnls(F, Y, tol={SEN_TOL:g})", N, t, relres(res.x.cpu().numpy(), Y), ref_us))
     for dtype, name in [
         (torch.float64, f"apgd f64 (restart, kkt {SEN_TOL:g})"),
         (torch.float32, f"apgd f32 (restart, kkt {SEN_TOL:g})"),
     ]:
-        Ft, Yt = torch.from_numpy(F).to(dtype), torch.from_numpy(Y).to(dtype)
+        Ft, Yt = torch.from_numpy(F).to(device, dtype), torch.from_numpy(Y).to(device, dtype)
         op = DenseOperator(Ft)
         t, res = _best(
             lambda Ft=Ft, Yt=Yt: ur_nnls(
@@ -296,10 +307,13 @@ def bench_sen(N: int, n_ref: int, repeat: int) -> tuple[list[dict], str]:
         shapes = gemm_shapes(op, N)
         flops = sum(2.0 * M * K * Nn for M, K, Nn in shapes)
         frac = step_rate(APGD(NNLS(op), momentum="nesterov", restart=True), Yt, flops, steps=5) / matmul_rate(
-            shapes, dtype
+            shapes, dtype, device=device
         )
-        rows.append(_row(name, N, t, relres(res.x.double().numpy(), Y), ref_us, frac))
-    return rows, f"accuracy: max relative residual ‖Fs − x‖/‖x‖ (target 1e-4); SciPy on the first {n_ref} problems"
+        rows.append(_row(name, N, t, relres(res.x.double().cpu().numpy(), Y), ref_us, frac))
+    return rows, (
+        f"accuracy: max relative residual ‖Fs − x‖/‖x‖ (target 1e-4); SciPy (CPU) on the first {n_ref} "
+        f"problems; ours on {device}"
+    )
 
 
 def _lasso_obj(D, Z, Y, lam):
@@ -420,6 +434,225 @@ def bench_classify(batches: int, repeat: int, quick: bool = False) -> tuple[list
     return rows, note
 
 
+# -- inference, streaming and devices (issue 12) -----------------------------------------------
+
+
+def _lapgd3(N: int, dtype=torch.float32, device="cpu", seed: int = 0):
+    """LAPGD-3 (analytic init) on N xie2019 problems (10×20): the net and Y (N, 10), both on ``device``."""
+    from .nets import LAPGD
+
+    A, Y = xie_problems(N, seed)
+    net = LAPGD(torch.as_tensor(A), depth=3).to(device=device, dtype=dtype)
+    return net, torch.as_tensor(Y, dtype=dtype, device=device).contiguous()
+
+
+def _addmm_chain(net):
+    """LAPGD-3 written by hand as addmm/ReLU on the whole batch (x₁ = ReLU(b), b = Y Sᵀ)."""
+    S, W1, W2 = (p[0].detach().T.contiguous() for p in (net.S, net.W1, net.W2))
+
+    def run(Y):
+        b = Y @ S
+        x1 = b.relu()
+        x2 = torch.addmm(b, x1, W1).relu_()
+        return torch.addmm(torch.addmm(b, x2, W1), x1, W2).relu_()
+
+    return run
+
+
+def _kron_chain(net, g: int):
+    """The same chain on g problems per row: Y (N/g, 10g) times kron(I_g, ·) (larger, sparser matmuls)."""
+    S, W1, W2 = (torch.block_diag(*[p[0].detach().T] * g) for p in (net.S, net.W1, net.W2))
+
+    def run(Y):
+        Yg = Y.reshape(-1, Y.shape[1] * g)
+        b = Yg @ S
+        x1 = b.relu()
+        x2 = torch.addmm(b, x1, W1).relu_()
+        return torch.addmm(torch.addmm(b, x2, W1), x1, W2).relu_().reshape(Y.shape[0], -1)
+
+    return run
+
+
+def _autocast(net, dtype):
+    """The eager net with its matmuls in ``dtype`` (``torch.autocast`` on the net's device)."""
+
+    def run(Y):
+        with torch.autocast(Y.device.type, dtype=dtype):
+            return net(Y)
+
+    return run
+
+
+def _chunked(fn, rows: int):
+    def run(Y):
+        return torch.cat([fn(Y[i : i + rows]) for i in range(0, Y.shape[0], rows)])
+
+    return run
+
+
+def bench_inference(N: int, repeat: int, device="cpu") -> tuple[list[dict], str]:
+    """LAPGD-3 inference on N problems of 10×20 (float32): the eager net (the reference) against a
+    hand-written addmm chain, a block-diagonal layout, cache-sized chunks, :func:`unrolled.fast`
+    and reduced precision (accuracy: max |X − X_f32| / max |X_f32|)."""
+    from .fused import fast
+
+    net, Y = _lapgd3(N, device=device)
+    g = 8 if N % 8 == 0 else 1
+    with torch.no_grad():
+        t_ref, X_ref = _best(lambda: net(Y), repeat)
+        scale = float(X_ref.abs().max())
+        runs = [
+            ("hand-written addmm/ReLU chain", _addmm_chain(net), Y),
+            (f"kron(I_{g}, W) layout", _kron_chain(net, g), Y),
+            ("eager net, chunks of 8192 rows", _chunked(net, 8192), Y),
+        ]
+        if torch.device(device).type == "cpu":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a fallback is still timed, under its name
+                runs.append(("ur.fast(net) (fused C kernel)", fast(net), Y))
+        for half in (torch.bfloat16, torch.float16):
+            runs.append((f"eager net, autocast {str(half).split('.')[-1]}", _autocast(net, half), Y))
+        rows = [_row("LAPGD-3 eager net (reference)", N, t_ref, 0.0)]
+        rows[0]["cpu_seconds"] = _cpu_best(lambda: net(Y), repeat)
+        for name, fn, Yd in runs:
+            t, X = _best(lambda fn=fn, Yd=Yd: fn(Yd), repeat)
+            err = float((X.float() - X_ref).abs().max()) / scale
+            rows.append(_row(name, N, t, err, t_ref / N * 1e6))
+            rows[-1]["cpu_seconds"] = _cpu_best(lambda fn=fn, Yd=Yd: fn(Yd), repeat)
+    rates = ", ".join(
+        f"{r['method'].split(' (')[0]} {r['problems'] / r['seconds'] / 1e6:.2f} M/s "
+        f"({r['problems'] / r['cpu_seconds'] / 1e6:.2f} M/s of CPU time)"
+        for r in rows
+        if r["method"].startswith(("LAPGD-3", "ur.fast"))
+    )
+    return rows, (
+        f"float32 on {device}, {torch.get_num_threads()} threads; {rates}; speed-up (wall clock) vs the eager net"
+    )
+
+
+def _cpu_best(fn, repeat: int) -> float:
+    """The least process CPU time (all threads) of ``repeat`` runs: what a busy machine's wall clock hides."""
+    best = float("inf")
+    for _ in range(repeat):
+        _sync()
+        t0 = time.process_time()
+        fn()
+        _sync()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+# VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec
+STREAM_SCRIPT = """
+import sys
+import torch
+from unrolled.cli import main
+torch.set_num_threads(int(sys.argv[1]))
+rc = main(sys.argv[2:])
+status = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
+print(status)
+sys.exit(rc)
+"""
+
+
+def bench_stream(N: int, repeat: int, chunk: int = 262144) -> dict:
+    """``unrolled solve`` of LAPGD-3 (float32) on N problems of 10×20 streamed from a memory-mapped
+    .npy into a .npy, in a subprocess (peak RSS), against the in-memory batched ``net(Y)`` in this
+    process, same threads."""
+    import subprocess
+    import sys
+    import tempfile
+
+    net, Y = _lapgd3(N)
+    n_threads = torch.get_num_threads()
+    with torch.no_grad():
+        t_mem, _ = _best(lambda: net(Y), repeat)
+    Y = Y.numpy()
+    env = {**os.environ, "OMP_NUM_THREADS": str(n_threads)}
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    best, peak = {False: float("inf"), True: float("inf")}, 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        net.save(os.path.join(tmp, "model.safetensors"))
+        np.save(os.path.join(tmp, "Y.npy"), Y)
+        args = ["solve", "--model", "model.safetensors", "--input", "Y.npy", "--output", "X.npy", "--quiet"]
+        args += ["--chunk", str(chunk), "--threads", str(n_threads)]
+        for _ in range(repeat):
+            for fast in (False, True):
+                out = subprocess.run(
+                    [sys.executable, "-c", STREAM_SCRIPT, str(n_threads), *args, *(["--fast"] if fast else [])],
+                    cwd=tmp,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout.splitlines()
+                best[fast] = min(best[fast], json.loads(out[-2])["seconds"])
+                peak = max(peak, int(out[-1]) / 1024)
+    return {
+        "problems": N,
+        "chunk": chunk,
+        "threads": n_threads,
+        "in_memory_per_s": N / t_mem,
+        "stream_per_s": N / best[False],
+        "ratio": t_mem / best[False],
+        "stream_fast_per_s": N / best[True],
+        "fast_ratio": t_mem / best[True],
+        "peak_rss_mib": peak,
+    }
+
+
+def bench_devices(device: str, quick: bool, repeat: int) -> tuple[list[dict], str]:
+    """The same batched work on the CPU and on ``device``: LAPGD-3 inference (10×20), APGD on
+    sen2024's 400×1200 and FISTA on the Moreau talk's 64×256; data moved to the device once, before
+    timing. "speed-up" is the device's rate over the CPU's."""
+    dev = torch.device(device)
+    Nn, Na, Nf = (10_000, 40, 200) if quick else (1_000_000, 1000, 10_000)
+    F, Ys = sen_problems(Na)
+    D, Yl = lasso_problems(Nf)
+    cases = [
+        (f"LAPGD-3 net f32 ({Nn} × 10×20)", Nn, lambda d: _net_case(Nn, d)),
+        (
+            f"apgd f32 400×1200 (tol {SEN_TOL:g})",
+            Na,
+            lambda d: _solver_case(
+                F, Ys, d, lambda A, Y: ur_nnls(A, Y, "apgd", momentum="nesterov", restart=True, tol=SEN_TOL)
+            ),
+        ),
+        (
+            "fista f64 64×256 (λ = 0.1, restart, tol 1e-6)",
+            Nf,
+            lambda d: _solver_case(
+                D, Yl, d, lambda A, Y: ur_lasso(A, Y, 0.1, "fista", restart=True, tol=1e-6), torch.float64
+            ),
+        ),
+    ]
+    rows = []
+    for name, N, case in cases:
+        t_cpu, _ = _best(case(torch.device("cpu")), repeat)
+        rows.append(_row(f"{name}, cpu", N, t_cpu, 0.0))
+        if dev.type != "cpu":
+            t_dev, _ = _best(case(dev), repeat)
+            rows.append(_row(f"{name}, {dev}", N, t_dev, 0.0, t_cpu / N * 1e6))
+    return rows, f"CPU: {torch.get_num_threads()} threads; device: {dev}; speed-up = CPU time / device time"
+
+
+def _net_case(N: int, device):
+    net, Y = _lapgd3(N, device=device)
+
+    def run():
+        with torch.no_grad():
+            return net(Y)
+
+    return run
+
+
+def _solver_case(A, Y, device, solve, dtype=torch.float32):
+    At = torch.as_tensor(A, dtype=dtype, device=device)
+    Yt = torch.as_tensor(Y, dtype=dtype, device=device)
+    return lambda: solve(At, Yt)
+
+
 def machine_info(size: int = 2048) -> dict:
     info = {
         "python": platform.python_version(),
@@ -449,6 +682,12 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--repeat", type=int, default=None, help="timing repeats (best is kept)")
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="device of the sets that take one (inference, devices, nnls-400x1200); the SciPy / "
+        "scikit-learn references and the other sets run on the CPU",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -462,17 +701,35 @@ def main(argv=None) -> dict:
         if args.threads < 1:
             p.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    known = {"nnls-10x20", "nnls-400x1200", "lasso-64x256", "certified", "memory", "classify"}
+    known = {
+        "nnls-10x20",
+        "nnls-400x1200",
+        "lasso-64x256",
+        "certified",
+        "memory",
+        "inference",
+        "stream",
+        "devices",
+        "classify",
+    }
+    try:
+        device = torch.device(args.device)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        p.error(f"--device {args.device}: {str(exc).splitlines()[0]}")
     bad = [s for s in sets if s not in known]
     if bad:
         p.error(f"unknown set(s) {bad}; choose from {sorted(known)}")
     info = machine_info(512 if quick else 2048)
-    print(f"unrolled bench — torch {info['torch']}, {info['threads']} threads, load {info.get('load_average')}")
+    print(
+        f"unrolled bench — torch {info['torch']}, {info['threads']} threads, load {info.get('load_average')}, "
+        f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}"
+    )
     print(
         f"   torch matmul {info['matmul_size']}³: float32 {info['matmul_gflops_float32']:.0f} GFLOP/s, "
         f"float64 {info['matmul_gflops_float64']:.0f} GFLOP/s"
     )
-    results = {"machine": info, "quick": quick, "sets": {}}
+    results = {"machine": info, "device": str(device), "quick": quick, "sets": {}}
     for name in sets:
         if name == "memory":
             mem = bench_memory(20_000 if quick else 200_000)
@@ -488,6 +745,18 @@ def main(argv=None) -> dict:
             )
             results["sets"][name] = {**mem, "solve": cli}
             continue
+        if name == "stream":
+            st = bench_stream(20_000 if quick else 1_000_000, repeat)
+            print(
+                f"\n== stream: unrolled solve --model LAPGD-3 (f32) on {st['problems']} problems of 10×20, "
+                f"memory-mapped .npy → .npy in chunks of {st['chunk']} ({st['threads']} threads): "
+                f"{st['stream_per_s'] / 1e6:.2f} M/s = {100 * st['ratio']:.0f}% of the in-memory net(Y) "
+                f"({st['in_memory_per_s'] / 1e6:.2f} M/s; target ≥ 80%); with --fast "
+                f"{st['stream_fast_per_s'] / 1e6:.2f} M/s = {100 * st['fast_ratio']:.0f}%; "
+                f"peak RSS {st['peak_rss_mib']:.0f} MiB (target < 1024)"
+            )
+            results["sets"][name] = st
+            continue
         if name == "nnls-10x20":
             rows, note = bench_xie(200 if quick else 2000, repeat, quick)
         elif name == "certified":  # a trained net refined to 1e-6 vs cold (experiments/certified.py)
@@ -497,7 +766,11 @@ def main(argv=None) -> dict:
         elif name == "classify":
             rows, note = bench_classify(2 if quick else 5, repeat, quick)
         elif name == "nnls-400x1200":
-            rows, note = bench_sen(40 if quick else 1000, 4 if quick else 200, repeat)
+            rows, note = bench_sen(40 if quick else 1000, 4 if quick else 200, repeat, device)
+        elif name == "inference":
+            rows, note = bench_inference(10_000 if quick else 1_000_000, repeat, device)
+        elif name == "devices":
+            rows, note = bench_devices(device, quick, repeat)
         else:
             rows, note = bench_lasso(100 if quick else 10_000, 20 if quick else 500, repeat)
         print_table(name, rows, note)

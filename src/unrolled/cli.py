@@ -24,8 +24,8 @@ class Interrupted(Exception):
     """Ctrl-C, with what to do next (exit 130)."""
 
 
-def _load_array(path: str, key: str | None = None, what: str = "array", mmap: bool = False) -> np.ndarray:
-    """A .npy (memory-mapped when ``mmap``) or one array of an .npz; real numbers only."""
+def _load_array(path: str, key: str | None = None, what: str = "array") -> np.ndarray:
+    """A .npy or one array of an .npz; real numbers only."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{what} file not found: {p}")
@@ -40,7 +40,7 @@ def _load_array(path: str, key: str | None = None, what: str = "array", mmap: bo
                 raise UsageError(f"{p} has no array {key!r} (it has {names})")
             arr = z[key]
     elif p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False, mmap_mode="r" if mmap else None)
+        arr = np.load(p, allow_pickle=False)
     else:
         raise UsageError(f"{what} must be a .npy or .npz file, got {p}")
     if np.iscomplexobj(arr):
@@ -281,7 +281,7 @@ def _model_solver(args):
     if args.refine:
 
         def apply(Y):
-            res = ur.refine(net, np.array(Y), tol=args.tol, max_iter=args.max_iter)
+            res = ur.refine(net, np.asarray(Y), tol=args.tol, max_iter=args.max_iter)
             return res.x, np.asarray(res.converged), np.asarray(res.n_iter), res.history["certificate"][-1]
 
         return (
@@ -290,10 +290,12 @@ def _model_solver(args):
             (net.m, net.n),
         )
 
+    forward = ur.fast(net) if args.fast else net
+
     def apply(Y):
-        Y_t = torch.as_tensor(np.array(Y), dtype=net.operator.dtype)
+        Y_t = torch.as_tensor(np.asarray(Y), dtype=net.operator.dtype)
         with torch.no_grad():
-            X = net(Y_t)
+            X = forward(Y_t)
         cert = net.certify(Y_t, X).certificate.numpy() if args.certificates else None
         return X.numpy(), None, None, cert
 
@@ -305,8 +307,8 @@ def _method_solver(args):
 
     if not args.operator:
         raise UsageError("--method needs --operator A.npy")
-    if args.refine or args.certificates:
-        raise UsageError("--refine and --certificates are for a --model's answers; a --method solves to --tol")
+    if args.refine or args.certificates or args.fast:
+        raise UsageError("--refine, --certificates and --fast are for a --model; a --method solves to --tol")
     A = _load_array(args.operator, None, "operator")
     lasso_methods = {"lasso": None, **{m: m for m in ur.solvers.LASSO_METHODS}}  # "lasso": the default route
     nnls_methods = {"nnls": None, **{m: m for m in ur.solvers.NNLS_METHODS}}  # "nnls": the default route
@@ -330,114 +332,97 @@ def _method_solver(args):
         )
 
     def apply(Y):
-        res = solve(np.array(Y))  # a writable copy of the memory-mapped chunk
+        res = solve(Y)  # the chunk, read into memory by stream.Rows
         return res.x, np.asarray(res.converged), np.asarray(res.n_iter), None
 
     return apply, {"method": args.method, "lam": args.lam, "tol": args.tol}, A.shape
 
 
 def _output_path(name: str) -> Path:
-    """The file ``np.save(name)`` writes: ``.npy`` is appended unless present."""
+    """The store written: a Zarr array for a ``.zarr`` name, else the file ``np.save(name)`` writes
+    (``.npy`` is appended unless present)."""
     p = Path(name)
-    return p if p.suffix == ".npy" else p.with_name(p.name + ".npy")
+    return p if p.suffix in (".npy", ".zarr") else p.with_name(p.name + ".npy")
 
 
-class _MappedRows:
-    """The rows of a .npy file, each slice read through a fresh memory map that is closed after it."""
-
-    def __init__(self, path: str):
-        self.path = path
-        Y = np.load(path, mmap_mode="r")
-        self.shape = (1, Y.shape[0]) if Y.ndim == 1 else Y.shape
-        del Y
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        Y = np.load(self.path, mmap_mode="r")
-        chunk = np.array(Y.reshape(self.shape)[rows])
-        del Y
-        return chunk
+SOLVE_OPTIONS = ("model", "method", "operator", "lam", "tol", "max_iter", "refine", "certificates", "fast")
 
 
-class _NpyWriter:
-    """Write an (rows, width) .npy file chunk by chunk: a header, then each chunk's bytes (no
-    mapping, so the process holds only the current chunk)."""
-
-    def __init__(self, path: Path, rows: int, vector: bool):
-        self.path, self.rows, self.vector, self.fh = path, rows, vector, None
-
-    def write(self, X: np.ndarray) -> None:
-        if self.fh is None:
-            shape = (X.shape[1],) if self.vector else (self.rows, X.shape[1])
-            self.dtype = X.dtype
-            self.fh = open(self.path, "wb")  # noqa: SIM115 - closed by close(), across chunks
-            np.lib.format.write_array_header_2_0(
-                self.fh, {"descr": np.lib.format.dtype_to_descr(X.dtype), "fortran_order": False, "shape": shape}
-            )
-        self.fh.write(np.ascontiguousarray(X, dtype=self.dtype).tobytes())
-
-    def close(self) -> None:
-        if self.fh is not None:
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
-            self.fh.close()
-            self.fh = None
+def build_apply(options: dict):
+    """The chunk solver of ``unrolled solve``'s options (a dict of ``SOLVE_OPTIONS``), rebuilt the same
+    way in this process and on Dask workers."""
+    args = argparse.Namespace(**options)
+    return (_model_solver if args.model else _method_solver)(args)[0]
 
 
-def _certificate_summary(certs: np.ndarray, path: str | None, vector: bool) -> dict:
-    """Median and worst certificate; the per-problem certificates saved to ``path`` when given."""
+def _file_digest(path: str | None) -> str | None:
+    import hashlib
+
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _certificate_summary(path: Path, keep: bool) -> dict:
+    """Median and worst of the per-problem certificates saved at ``path`` (removed unless ``keep``)."""
+    certs = np.load(path)
     summary = {"certificate_median": float(np.median(certs)), "certificate_worst": float(np.max(certs))}
-    if path:
-        cert_out = _output_path(path)
-        cert_out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cert_out, certs[0] if vector else certs)
-        summary["certificates"] = str(cert_out)
+    if keep:
+        summary["certificates"] = str(path)
+    else:
+        path.unlink()
     return summary
 
 
 def cmd_solve(args) -> int:
-    from tqdm.auto import tqdm
-
-    from ._threads import default_threads, threads
+    from ._threads import default_threads
     from ._validate import positive_int
+    from .stream import Solver, Source, is_zarr, solve_store
 
     chunk = positive_int(args.chunk, "--chunk")
-    Y = _load_array(args.input, args.key, "input", mmap=True)
-    if Y.ndim not in (1, 2) or Y.size == 0:
-        raise UsageError(f"input {args.input} must be a vector or a non-empty (batch, m) array, got shape {Y.shape}")
-    rows, vector = (Y.reshape(1, -1) if Y.ndim == 1 else Y), Y.ndim == 1
-    if isinstance(Y, np.memmap):  # map the file anew for each chunk: pages read are released with it
-        del Y, rows
-        rows = _MappedRows(args.input)
+    if not (Path(args.input).is_file() or is_zarr(args.input) and Path(args.input).exists()):
+        raise UsageError(f"input file not found: {args.input}")
+    if not is_zarr(args.input) and Path(args.input).suffix not in (".npy", ".npz"):
+        raise UsageError(f"input must be a .npy, .npz or .zarr, got {args.input}")
+    source = Source(args.input, args.key)
+    rows = source.open()
     out = _output_path(args.output)
+    certs = _output_path(args.certificates) if args.certificates else None
+    if certs is not None and certs.suffix != ".npy":
+        raise UsageError(f"--certificates {args.certificates}: certificates are written as .npy")
+    if certs is None and args.refine:  # refined answers report their certificates' median and worst
+        certs = out.with_name(f".{out.stem}.certificates.npy")
     t0 = time.perf_counter()
-    apply, info, (m, n) = (_model_solver if args.model else _method_solver)(args)
+    options = {k: getattr(args, k) for k in SOLVE_OPTIONS}
+    options["certificates"] = bool(args.certificates)
+    _, info, (m, n) = (_model_solver if args.model else _method_solver)(argparse.Namespace(**options))
     n_threads = args.threads if args.threads is not None else default_threads(min(chunk, len(rows)), m, n)
+    run = {**options, "model": _file_digest(args.model), "operator": _file_digest(args.operator)}
     info = {"input": args.input, "output": str(out), **info}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    writer, converged, iterations, certs = _NpyWriter(tmp, len(rows), vector), 0.0, 0.0, []
     try:
-        with threads(n_threads):
-            for i in tqdm(range(0, len(rows), chunk), desc="solve", unit="chunk", disable=args.quiet):
-                X, conv, its, cert = apply(rows[i : i + chunk])
-                writer.write(np.atleast_2d(X))
-                if conv is not None:
-                    converged += float(np.sum(conv))
-                    iterations += float(np.sum(its))
-                if cert is not None:
-                    certs.append(np.atleast_1d(cert))
-        writer.close()
-        tmp.replace(out)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-    if certs:
-        info.update(_certificate_summary(np.concatenate(certs), args.certificates, vector))
+        done = solve_store(
+            Solver(build_apply, json.dumps(options, sort_keys=True)),
+            source,
+            out,
+            chunk=chunk,
+            run=run,
+            certificates=certs,
+            n_threads=n_threads,
+            scheduler=args.scheduler,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; rerun the same command to resume from the chunks done") from None
+    if certs is not None:
+        info.update(_certificate_summary(certs, keep=bool(args.certificates)))
     if not args.model or args.refine:
-        info.update(converged=converged / len(rows), mean_iterations=iterations / len(rows))
+        info.update(converged=done["converged"], mean_iterations=done["mean_iterations"])
+    if done["resumed_chunks"]:
+        info["resumed_chunks"] = done["resumed_chunks"]
     info["seconds"] = round(time.perf_counter() - t0, 4)
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))
@@ -525,7 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's own GPU)")
     t.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("solve", help="apply a trained model or a classical solver to a .npy/.npz")
+    s = sub.add_parser(
+        "solve", help="apply a trained model or a classical solver to a .npy/.npz/.zarr, chunk by chunk, resumably"
+    )
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--model")
     g.add_argument(
@@ -548,7 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--refine", action="store_true", help="--model: refine the network's answers until each is certified to --tol"
     )
+    s.add_argument(
+        "--fast", action="store_true", help="--model: run the net through ur.fast (a fused compiled pass; CPU)"
+    )
     s.add_argument("--chunk", type=int, default=65536, help="rows solved at a time (bounds the memory)")
+    s.add_argument(
+        "--scheduler",
+        default=None,
+        help="solve the chunks on a Dask cluster: a scheduler address, or 'local' (a cluster of this machine's cores)",
+    )
     s.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_solve)
