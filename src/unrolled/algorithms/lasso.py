@@ -346,51 +346,50 @@ def signed_least_squares(G, aty, S, sign, lam):
 
 
 class WorkingSet:
-    """Working-set Lasso with an exact sub-problem solver, batched (default route; ``"working-set"``).
+    """Working-set Lasso with an exact sub-problem solver, batched (``"working-set"``; the default route).
 
-    A few FISTA iterations (float32, restart; ``warm``) give a first working set S, the iterate's
-    support (at most m columns, the largest). Each following iteration is one round of the primal
-    active-set method of Osborne, Presnell & Turlach (2000, §3), the Lasso's Lawson–Hanson, on the
-    whole batch at once:
+    ``warm`` FISTA iterations (restart, support polish, float32 iterations for float64 data) give a
+    first working set S, the iterate's support (its m largest entries at most). Each following
+    iteration is one round of the primal active-set method of Osborne, Presnell & Turlach (2000,
+    "On the LASSO and its dual", §3), the Lasso's Lawson–Hanson, on the whole batch at once:
 
-    1. the sub-problem on S with the signs θ fixed is a least-squares problem,
-       t_S = (D_SᵀD_S)⁻¹(D_Sᵀy − λθ_S) (:func:`signed_least_squares`, one padded (batch, k, k)
-       Cholesky);
+    1. on S with the signs θ fixed the Lasso is a least-squares problem,
+       t_S = (D_SᵀD_S)⁻¹(D_Sᵀy − λθ_S) (:func:`signed_least_squares`, a padded batched Cholesky);
     2. z moves toward t as far as the signs allow, z ← z + α(t − z), α = min(1, min_j z_j/(z_j − t_j))
-       over the j whose t_j has the wrong sign; those reaching 0 leave S (the objective decreases);
-    3. where t was reached, the dual constraint is checked on all columns: the ``grow`` columns with
-       the largest |d_j| > λ, d = Dᵀ(y − Dz), join S with θ_j = sign(d_j); with none, the KKT
-       conditions hold (row finished).
+       over the j whose t_j has the wrong sign, and those reaching 0 leave S (the objective decreases);
+    3. where t was reached, the dual constraint ‖Dᵀ(y − Dz)‖∞ ≤ λ is checked on all columns: the
+       ``grow`` most violating columns join S with θ_j = sign(d_j); with none the KKT conditions hold.
 
-    Rows finished or certified (the relative duality gap, as for every method) leave the batch.
-    ``positive`` admits only d_j > λ (θ = +1). Needs a dense D and λ > 0.
+    Rows certified by the relative duality gap leave the batch (as for every method). A row whose
+    round cannot go on (singular D_SᵀD_S, no room left in S, ``max_rounds`` spent) is marked
+    finished uncertified (``ur.lasso``'s default route then finishes it by FISTA). ``positive`` admits
+    only d_j > λ (θ = +1). Needs a dense D and λ > 0.
     """
 
     name = "working-set"
+    chunk = 4096  # rows per padded Cholesky (k² numbers per row, k ≤ min(m, n))
 
-    def __init__(
-        self, problem: Lasso, warm: int = 20, grow: int = 8, precision: str | None = "float32", polish: int | bool = 20
-    ):
+    def __init__(self, problem: Lasso, warm: int = 100, grow: int = 8, precision: str | None = "float32"):
         if not isinstance(problem.op, DenseOperator):
             raise ValueError("working-set needs a dense dictionary (it solves the sub-problems by Cholesky)")
         if problem.lam <= 0:
             raise ValueError("working-set needs lam > 0 (use fista for least squares)")
         self.problem = problem
-        self.warm = int(warm)
-        self.grow = int(grow)
+        self.warm, self.grow = int(warm), int(grow)
         if self.warm < 0 or self.grow < 1:
-            raise ValueError(f"warm must be ≥ 0 and grow ≥ 1, got warm={warm!r}, grow={grow!r}")
+            raise ValueError(f"warm must be >= 0 and grow >= 1, got warm={warm!r}, grow={grow!r}")
+        self.max_rounds = 2 * min(problem.op.shape) + 10
         low = precision if problem.op.dtype == torch.float64 else None
+        polish = 0 if problem.positive else 20
         self.fista = FISTA(problem, restart=True, polish=polish, precision=low) if self.warm else None
 
     def init(self, Y, X0):
-        if self.fista is not None:
-            state = self.fista.init(Y, X0)
-        else:
-            state = {"x": starting_point(Y, X0, self.problem.op.n)}
-        state["aty"] = self.problem.op.adjoint(Y)
         if self.fista is None:
+            state = {"x": starting_point(Y, X0, self.problem.op.n)}
             self._start(state)
+        else:
+            state = self.fista.init(Y, X0)
+        state["aty"] = self.problem.op.adjoint(Y)
         return state
 
     def sync(self, state):
@@ -399,19 +398,15 @@ class WorkingSet:
 
     def _start(self, state):
         """The first working set: the iterate's support (its m largest entries at most)."""
-        x = state["x"]
-        m = self.problem.op.m
         if self.fista is not None:
             self.fista.sync(state)
-            x = state["x"]
             for key in ("z", "w", "t", "b", "polished", "supp_prev", "tried"):
                 state.pop(key, None)
+        x, m = state["x"], self.problem.op.m
         if x.shape[1] > m:
             keep = torch.zeros_like(x, dtype=torch.bool).scatter_(1, x.abs().topk(m, dim=1).indices, True)
             x = torch.where(keep, x, torch.zeros_like(x))
-        state["x"] = x
-        state["ws"] = x != 0
-        state["sign"] = torch.sign(x)
+        state["x"], state["ws"], state["sign"] = x, x != 0, torch.sign(x)
         state["finished"] = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
     def step(self, state, k):
@@ -420,9 +415,12 @@ class WorkingSet:
                 self.fista.step(state, k)
                 return
             self._start(state)
+        if k > self.warm + self.max_rounds:
+            state["finished"][:] = True
+            return
         todo = (~state["finished"]).nonzero().squeeze(1)
-        if len(todo):
-            self._round(state, todo)
+        for start in range(0, len(todo), self.chunk):
+            self._round(state, todo[start : start + self.chunk])
 
     def _round(self, state, rows):
         x, S, sign = state["x"][rows], state["ws"][rows], state["sign"][rows]
