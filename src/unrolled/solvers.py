@@ -9,11 +9,9 @@ Default routes (``method=None``), chosen by measured size thresholds (``unrolled
 reports them): NNLS by the exact active set when A is dense with at most
 ``ACTIVE_SET_MAX_N`` columns, otherwise APGD with Nesterov momentum and adaptive restart
 whose uncertified rows the active set finishes;
-the Lasso, for a dense D and λ > 0, by the batched working set (FISTA warm-up, then exact rounds of
-the Osborne–Presnell–Turlach active set; rows it leaves uncertified are finished by FISTA), otherwise
-by FISTA with adaptive restart and support polish, iterating in float32 when the data are float64 and
-fit float32's range (the certificate stays in float64); ML-BP by ADMM, certified by its relative
-duality gap. The papers' variants stay available by name with their defaults.
+the Lasso by FISTA with adaptive restart and support polish, iterating in float32 when the
+data are float64 and fit float32's range (the certificate stays in float64); ML-BP by ADMM, certified by
+its relative duality gap. The papers' variants stay available by name with their defaults.
 """
 
 from __future__ import annotations
@@ -244,12 +242,9 @@ def lasso(
     lam : float
         λ ≥ 0 (λ = 0 is least squares).
     method : str, optional
-        ``None`` (default): for a dense D and λ > 0 ``"working-set"`` (float32 warm-up for
-        float64 data that fit its range), whose uncertified rows FISTA with restart then
-        finishes (``n_iter`` adds both; ``history["fista"]`` is the second stage's history);
-        otherwise FISTA with adaptive restart and support polish (no polish for ``positive``
-        or a matrix-free D), iterating in float32 for float64 data that fit its range (the
-        certificate and polish stay in float64). By name: ``"ista"``, ``"fista"`` (``restart``,
+        ``None`` (default): FISTA with adaptive restart and support polish (no polish for
+        ``positive`` or a matrix-free D), iterating in float32 for float64 data that fit its
+        range (the certificate and polish stay in float64). By name: ``"ista"``, ``"fista"`` (``restart``,
         ``polish``, ``precision="float32"``), ``"oista"`` (Moreau talk), ``"admm"`` or
         ``"working-set"`` (:class:`~unrolled.algorithms.lasso.WorkingSet`: ``warm``, ``grow``,
         ``precision``; exact, dense D and λ > 0).
@@ -269,9 +264,11 @@ def lasso(
     lam = nonnegative_float(lam, "lam")
     op, Y_t, X0, kind = _setup(D, Y, x0, name="D", nonnegative_x0=positive)
     problem = Lasso(op, lam, positive=positive)
-    auto = method is None
-    if auto:
-        method, defaults = _lasso_route(op, Y_t, lam, positive)
+    if method is None:
+        method = "fista"
+        defaults = {"restart": True, "polish": isinstance(op, DenseOperator) and not positive}
+        if op.dtype == torch.float64 and op.lipschitz > 0 and _fits(op, Y_t, torch.float32):
+            defaults["precision"] = "float32"
         options = {**defaults, **options}
     choice(method, "method", LASSO_METHODS)
     if positive and (method in ("oista", "admm") or options.get("polish")):
@@ -281,40 +278,18 @@ def lasso(
         )
     if op.lipschitz == 0:
         return _zero_answer(problem, op.n, Y_t, kind, problem.certified)
-    run = dict(tol=tol, max_iter=max_iter, check_every=check_every, progress=progress, history=history)
-    staged = auto and method == "working-set"
-    res = iterate(LASSO_METHODS[method](problem, **options), problem, Y_t, X0, kind=None if staged else kind, **run)
-    return _finish_by_fista(problem, Y_t, res, kind, run) if staged else res
-
-
-def _lasso_route(op: Operator, Y: torch.Tensor, lam: float, positive: bool) -> tuple[str, dict]:
-    """The default Lasso method (see the module docstring): the working set for a dense D and λ > 0
-    (measured faster at 64×256 in ``unrolled bench``), else FISTA with restart (+ support polish)."""
-    low = op.dtype == torch.float64 and op.lipschitz > 0 and _fits(op, Y, torch.float32)
-    if isinstance(op, DenseOperator) and lam > 0:
-        return "working-set", {"precision": "float32" if low else None}
-    defaults = {"restart": True, "polish": isinstance(op, DenseOperator) and not positive}
-    if low:
-        defaults["precision"] = "float32"
-    return "fista", defaults
-
-
-def _finish_by_fista(problem: Lasso, Y: torch.Tensor, res: Result, kind, run: dict) -> Result:
-    """The default route's second stage: rows the working set left uncertified (a singular or full
-    working set, rounding on an ill-conditioned D) are finished by FISTA with restart (and support
-    polish unless ``positive``) from the working set's point."""
-    x, n_iter, conv = res.x, torch.as_tensor(res.n_iter), torch.as_tensor(res.converged)
-    obj, cert = torch.as_tensor(res.objective), torch.as_tensor(res.certificate)
-    rows = (~conv).nonzero().squeeze(1)
-    if len(rows):
-        fista = FISTA(problem, restart=True, polish=not problem.positive)
-        rest = iterate(fista, problem, Y[rows], x[rows], **run)
-        x[rows], n_iter[rows] = rest.x, n_iter[rows] + torch.as_tensor(rest.n_iter)
-        conv[rows], obj[rows], cert[rows] = (
-            torch.as_tensor(v) for v in (rest.converged, rest.objective, rest.certificate)
-        )
-        res.history["fista"] = rest.history
-    return finish(x, n_iter, conv, obj, cert, res.history, res.certified, kind)
+    return iterate(
+        LASSO_METHODS[method](problem, **options),
+        problem,
+        Y_t,
+        X0,
+        tol=tol,
+        max_iter=max_iter,
+        check_every=check_every,
+        progress=progress,
+        kind=kind,
+        history=history,
+    )
 
 
 def _is_seq(v) -> bool:

@@ -346,7 +346,7 @@ def signed_least_squares(G, aty, S, sign, lam):
 
 
 class WorkingSet:
-    """Working-set Lasso with an exact sub-problem solver, batched (``"working-set"``; the default route).
+    """Working-set Lasso with an exact sub-problem solver, batched (``ur.lasso(..., "working-set")``).
 
     ``warm`` FISTA iterations (restart, support polish, float32 iterations for float64 data) give a
     first working set S, the iterate's support (its m largest entries at most). Each following
@@ -361,9 +361,10 @@ class WorkingSet:
        ``grow`` most violating columns join S with θ_j = sign(d_j); with none the KKT conditions hold.
 
     Rows certified by the relative duality gap leave the batch (as for every method). A row whose
-    round cannot go on (singular D_SᵀD_S, no room left in S, ``max_rounds`` spent) is marked
-    finished uncertified (``ur.lasso``'s default route then finishes it by FISTA). ``positive`` admits
-    only d_j > λ (θ = +1). Needs a dense D and λ > 0.
+    round cannot go on (singular D_SᵀD_S, no room left in S, ``max_rounds`` spent) stops
+    uncertified (``converged`` False). ``positive`` admits only d_j > λ (θ = +1). Needs a dense D
+    and λ > 0. Not the default route: at 64×256 it measured within noise of FISTA with polish on
+    CPU, where a round's batched Cholesky costs many FISTA iterations (``notes/lassofast.md``).
     """
 
     name = "working-set"
