@@ -365,6 +365,17 @@ class WorkingSet:
     uncertified (``converged`` False). ``positive`` admits only d_j > λ (θ = +1). Needs a dense D
     and λ > 0. Not the default route: at 64×256 it measured within noise of FISTA with polish on
     CPU, where a round's batched Cholesky costs many FISTA iterations (``notes/lassofast.md``).
+
+    Parameters
+    ----------
+    problem : Lasso
+        The problem (dense D, λ > 0).
+    warm : int
+        FISTA iterations before the first round (0: rounds from the start point's support).
+    grow : int
+        Columns added per round at most.
+    precision : {"float32", None}
+        Iterate the warm-up in float32 for float64 data (the rounds stay in the problem's dtype).
     """
 
     name = "working-set"
