@@ -372,6 +372,8 @@ def bench_lasso(N: int, n_ref: int, repeat: int, lam: float = 0.1) -> tuple[list
         r["speedup"] = ref_us / r["us_per_problem"]
     t, res = _best(lambda: ur_lasso(Dt, Yt, lam, tol=1e-6, max_iter=100_000), repeat)
     rows.append(_row("default ur.lasso(D, Y, λ)", N, t, subopt(res.x.numpy()), ref_us))
+    t, res = _best(lambda: ur_lasso(Dt, Yt, lam, "working-set", tol=1e-6, max_iter=100_000), repeat)
+    rows.append(_row("working-set (f32 warm-up + exact rounds)", N, t, subopt(res.x.numpy()), ref_us))
     op = DenseOperator(Dt)
     shapes = gemm_shapes(op, N)
     flops = sum(2.0 * M * K * Nn for M, K, Nn in shapes)

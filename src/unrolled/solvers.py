@@ -24,7 +24,7 @@ import torch
 from ._validate import as_batch, choice, nonnegative_float, positive_int
 from .algorithms.active_set import ActiveSet
 from .algorithms.lasso import ADMM as LassoADMM
-from .algorithms.lasso import FISTA, ISTA, OISTA
+from .algorithms.lasso import FISTA, ISTA, OISTA, WorkingSet
 from .algorithms.mlbp import METHODS as MLBP_METHODS
 from .algorithms.mlbp import LayeredBP
 from .algorithms.nnls import APGD, OGD, PGD
@@ -33,7 +33,7 @@ from .problems import MLBP, NNLS, Lasso
 from .solve import HISTORY, Result, finish, iterate
 
 NNLS_METHODS = {"pgd": PGD, "apgd": APGD, "ogd": OGD, "active-set": ActiveSet}
-LASSO_METHODS = {"ista": ISTA, "fista": FISTA, "oista": OISTA, "admm": LassoADMM}
+LASSO_METHODS = {"ista": ISTA, "fista": FISTA, "oista": OISTA, "admm": LassoADMM, "working-set": WorkingSet}
 ACTIVE_SET_MAX_N = 64
 MLBP_PROBLEM_OPTIONS = ("steps", "mu_scale")
 
@@ -252,7 +252,9 @@ def lasso(
         ``None`` (default): FISTA with adaptive restart and support polish (no polish for
         ``positive`` or a matrix-free D), iterating in float32 for float64 data that fit its
         range (the certificate and polish stay in float64). By name: ``"ista"``, ``"fista"`` (``restart``,
-        ``polish``, ``precision="float32"``) or ``"oista"`` (Moreau talk).
+        ``polish``, ``precision="float32"``), ``"oista"`` (Moreau talk), ``"admm"`` or
+        ``"working-set"`` (:class:`~unrolled.algorithms.lasso.WorkingSet`: ``warm``, ``grow``,
+        ``precision``; exact, dense D and λ > 0).
     positive : bool
         Solve the non-negative Lasso (z ≥ 0), which the ``nonneg`` LISTA nets assume.
     tol : float
@@ -278,7 +280,7 @@ def lasso(
     choice(method, "method", LASSO_METHODS)
     if positive and (method in ("oista", "admm") or options.get("polish")):
         raise ValueError(
-            f"positive=True works with ista and fista without polish, not with method={method!r}"
+            f"positive=True works with ista, fista without polish and working-set, not with method={method!r}"
             f"{' and polish' if options.get('polish') else ''}"
         )
     if op.lipschitz == 0:

@@ -14,10 +14,8 @@ from ..operators import DenseOperator
 from ..problems import Lasso
 from ._common import (
     GradientStep,
-    extrapolate,
     fista_momentum,
     momentum_state,
-    restart_test,
     soft_threshold,
     starting_point,
 )
@@ -124,8 +122,10 @@ class FISTA(ISTA):
         key = "z" if low else "x"
         z, w, t = state[key], state["w"], state["t"]
         z_new = ista_step(w, state["b"], self.grad_low if low else self.grad_step, self.thresh, nonneg=self.nonneg)
-        state["t"], beta = fista_momentum(t, restart_test(w, z_new, z) if self.restart else None)
-        state["w"] = extrapolate(z_new, z, beta)
+        delta = z_new - z  # once, for the restart test and the extrapolation (the step is memory-bound)
+        restart = torch.linalg.vecdot(w - z_new, delta).unsqueeze(1) > 0 if self.restart else None
+        state["t"], beta = fista_momentum(t, restart)
+        state["w"] = torch.addcmul(z_new, beta, delta)
         state[key] = z_new
         if self.polish and k % self.polish == 0:
             self._polish(state, low)
@@ -182,13 +182,11 @@ def support_polish(G: torch.Tensor, aty: torch.Tensor, Z: torch.Tensor, lam: flo
         rows = cand[start : start + chunk]
         Zc, ac, cc = Z[rows], aty[rows], cnt[rows]
         k = int(cc.max())
-        order = torch.argsort(S[rows].to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+        order = torch.topk(S[rows].to(torch.int8), k, dim=1, sorted=True).indices  # the support first
         valid = torch.arange(k, device=Z.device) < cc.unsqueeze(1)
         sig = torch.sign(Zc.gather(1, order)) * valid
-        Gs = G[order.unsqueeze(2), order.unsqueeze(1)] * (valid.unsqueeze(2) & valid.unsqueeze(1))
-        Gs.diagonal(dim1=1, dim2=2).add_((~valid).to(Z.dtype))  # identity on padding
         rhs = ac.gather(1, order) * valid - lam * sig
-        L, info = torch.linalg.cholesky_ex(Gs)
+        L, info = torch.linalg.cholesky_ex(_gather_gram(G, order, valid))
         zs = torch.cholesky_solve(rhs.unsqueeze(2), L).squeeze(2) * valid
         good = (info == 0) & ((torch.sign(zs) == sig) | ~valid).all(1)
         zp = torch.zeros_like(Zc).scatter_(1, order, zs)
@@ -314,3 +312,158 @@ class ADMM:
         state["x"], state["u"] = admm_step(
             state["x"], state["u"], state["aty"], self.solve, self.rho, self.problem.lam / self.rho
         )
+
+
+# -- working set with an exact sub-problem solver ----------------------------------------------------
+
+
+def _gather_gram(G: torch.Tensor, order: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The compact Grams G[S, S] (batch, k, k) of index lists ``order`` (batch, k), identity on padding."""
+    n = G.shape[0]
+    Gs = torch.take(G, order.unsqueeze(2) * n + order.unsqueeze(1))
+    Gs.masked_fill_(~(valid.unsqueeze(2) & valid.unsqueeze(1)), 0.0)
+    Gs.diagonal(dim1=1, dim2=2).add_((~valid).to(G.dtype))
+    return Gs
+
+
+def signed_least_squares(G, aty, S, sign, lam):
+    """t_S = (D_SᵀD_S)⁻¹(D_Sᵀy − λθ_S) on each row's working set S with signs θ (0 off S).
+
+    The minimiser of ½‖Dz − y‖² + λθᵀz over z supported on S (the Lasso objective wherever
+    sign(z_S) = θ_S; Osborne, Presnell & Turlach 2000, "On the LASSO and its dual", §3).
+    G = DᵀD (n, n), aty = Dᵀy (batch, n), S (batch, n) bool, sign (batch, n).
+    Returns (t (batch, n), ok (batch,) bool: the Gram D_SᵀD_S was positive definite).
+    """
+    B, n = S.shape
+    cnt = S.sum(1)
+    k = max(int(cnt.max()), 1)
+    order = torch.topk(S.to(torch.int8), k, dim=1, sorted=True).indices  # the members of S first
+    valid = torch.arange(k, device=S.device) < cnt.unsqueeze(1)
+    rhs = (aty.gather(1, order) - lam * sign.gather(1, order)) * valid
+    L, info = torch.linalg.cholesky_ex(_gather_gram(G, order, valid))
+    ts = torch.cholesky_solve(rhs.unsqueeze(2), L).squeeze(2) * valid
+    return torch.zeros_like(aty).scatter_(1, order, ts), info == 0
+
+
+class WorkingSet:
+    """Working-set Lasso with an exact sub-problem solver, batched (``ur.lasso(..., "working-set")``).
+
+    ``warm`` FISTA iterations (restart, support polish, float32 iterations for float64 data) give a
+    first working set S, the iterate's support (its m largest entries at most). Each following
+    iteration is one round of the primal active-set method of Osborne, Presnell & Turlach (2000,
+    "On the LASSO and its dual", §3), the Lasso's Lawson–Hanson, on the whole batch at once:
+
+    1. on S with the signs θ fixed the Lasso is a least-squares problem,
+       t_S = (D_SᵀD_S)⁻¹(D_Sᵀy − λθ_S) (:func:`signed_least_squares`, a padded batched Cholesky);
+    2. z moves toward t as far as the signs allow, z ← z + α(t − z), α = min(1, min_j z_j/(z_j − t_j))
+       over the j whose t_j has the wrong sign, and those reaching 0 leave S (the objective decreases);
+    3. where t was reached, the dual constraint ‖Dᵀ(y − Dz)‖∞ ≤ λ is checked on all columns: the
+       ``grow`` most violating columns join S with θ_j = sign(d_j); with none the KKT conditions hold.
+
+    Rows certified by the relative duality gap leave the batch (as for every method). A row whose
+    round cannot go on (singular D_SᵀD_S, no room left in S, ``max_rounds`` spent) stops
+    uncertified (``converged`` False). ``positive`` admits only d_j > λ (θ = +1). Needs a dense D
+    and λ > 0. Not the default route: at 64×256 it measured within noise of FISTA with polish on
+    CPU, where a round's batched Cholesky costs many FISTA iterations (``notes/lassofast.md``).
+
+    Parameters
+    ----------
+    problem : Lasso
+        The problem (dense D, λ > 0).
+    warm : int
+        FISTA iterations before the first round (0: rounds from the start point's support).
+    grow : int
+        Columns added per round at most.
+    precision : {"float32", None}
+        Iterate the warm-up in float32 for float64 data (the rounds stay in the problem's dtype).
+    """
+
+    name = "working-set"
+    chunk = 4096  # rows per padded Cholesky (k² numbers per row, k ≤ min(m, n))
+
+    def __init__(self, problem: Lasso, warm: int = 100, grow: int = 8, precision: str | None = "float32"):
+        if not isinstance(problem.op, DenseOperator):
+            raise ValueError("working-set needs a dense dictionary (it solves the sub-problems by Cholesky)")
+        if problem.lam <= 0:
+            raise ValueError("working-set needs lam > 0 (use fista for least squares)")
+        self.problem = problem
+        self.warm, self.grow = int(warm), int(grow)
+        if self.warm < 0 or self.grow < 1:
+            raise ValueError(f"warm must be >= 0 and grow >= 1, got warm={warm!r}, grow={grow!r}")
+        self.max_rounds = 2 * min(problem.op.shape) + 10
+        low = precision if problem.op.dtype == torch.float64 else None
+        polish = 0 if problem.positive else 20
+        self.fista = FISTA(problem, restart=True, polish=polish, precision=low) if self.warm else None
+
+    def init(self, Y, X0):
+        if self.fista is None:
+            state = {"x": starting_point(Y, X0, self.problem.op.n)}
+            self._start(state)
+        else:
+            state = self.fista.init(Y, X0)
+        state["aty"] = self.problem.op.adjoint(Y)
+        return state
+
+    def sync(self, state):
+        if "ws" not in state:
+            self.fista.sync(state)
+
+    def _start(self, state):
+        """The first working set: the iterate's support (its m largest entries at most)."""
+        if self.fista is not None:
+            self.fista.sync(state)
+            for key in ("z", "w", "t", "b", "polished", "supp_prev", "tried"):
+                state.pop(key, None)
+        x, m = state["x"], self.problem.op.m
+        if x.shape[1] > m:
+            keep = torch.zeros_like(x, dtype=torch.bool).scatter_(1, x.abs().topk(m, dim=1).indices, True)
+            x = torch.where(keep, x, torch.zeros_like(x))
+        state["x"], state["ws"], state["sign"] = x, x != 0, torch.sign(x)
+        state["finished"] = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def step(self, state, k):
+        if "ws" not in state:
+            if k <= self.warm:
+                self.fista.step(state, k)
+                return
+            self._start(state)
+        if k > self.warm + self.max_rounds:
+            state["finished"][:] = True
+            return
+        todo = (~state["finished"]).nonzero().squeeze(1)
+        for start in range(0, len(todo), self.chunk):
+            self._round(state, todo[start : start + self.chunk])
+
+    def _round(self, state, rows):
+        x, S, sign = state["x"][rows], state["ws"][rows], state["sign"][rows]
+        aty = state["aty"][rows]
+        t, ok = signed_least_squares(self.problem.op.gram, aty, S, sign, self.problem.lam)
+        wrong = S & (sign * t <= 0)
+        ratio = torch.where(wrong, x / torch.where(wrong & (x != t), x - t, torch.ones_like(x)), 2.0)
+        alpha = ratio.amin(1, keepdim=True).clamp(0.0, 1.0)
+        leave = wrong & (ratio <= alpha)
+        x = torch.where(S & ~leave, x + alpha * (t - x), torch.zeros_like(x))
+        S = S & ~leave
+        reached = ((alpha.squeeze(1) >= 1.0) & ok).nonzero().squeeze(1)
+        finished = ~ok
+        if len(reached):
+            grown = self._grow(x[reached], S[reached], sign[reached], aty[reached])
+            S[reached], sign[reached], finished[reached] = grown
+        keep = ok.unsqueeze(1)
+        state["x"][rows] = torch.where(keep, x, state["x"][rows])
+        state["ws"][rows] = torch.where(keep, S, state["ws"][rows])
+        state["sign"][rows] = torch.where(keep & S, sign, torch.zeros_like(sign))
+        state["finished"][rows] = finished
+
+    def _grow(self, x, S, sign, aty):
+        """Add the ``grow`` most violating columns to S; rows with none to add (KKT holds, or S is full) finish."""
+        op, lam = self.problem.op, self.problem.lam
+        d = aty - op.normal(x)
+        excess = (d if self.problem.positive else d.abs()) - lam * (1 + 1e-9)
+        excess = torch.where(S, torch.zeros_like(excess), excess)
+        room = op.m - S.sum(1)
+        top, idx = excess.topk(min(self.grow, excess.shape[1]), dim=1)
+        add = (top > 0) & (torch.arange(idx.shape[1], device=x.device) < room.unsqueeze(1))
+        S = S.scatter(1, idx, S.gather(1, idx) | add)
+        sign = sign.scatter(1, idx, torch.where(add, torch.sign(d.gather(1, idx)), sign.gather(1, idx)))
+        return S, sign, ~add.any(1)
