@@ -318,7 +318,7 @@ def train(
     Y,
     X=None,
     *,
-    loss: str = "supervised",
+    loss: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -351,8 +351,9 @@ def train(
     X : array or tensor, shape (N, n), optional
         Targets; required for ``loss="supervised"``, computed (the Lasso solutions) for
         ``"semi-supervised"`` when None, unused for ``"unsupervised"``.
-    loss : {"supervised", "semi-supervised", "unsupervised"}
-        ``"supervised"``: mean ‖x̂ − x‖² (xie2019 §2; sen2024 eq. 7); ``"semi-supervised"``: the
+    loss : {"supervised", "semi-supervised", "unsupervised"}, optional
+        Default: ``"unsupervised"`` when ``X`` is None and the net has a problem, else
+        ``"supervised"``. ``"supervised"``: mean ‖x̂ − x‖² (xie2019 §2; sen2024 eq. 7); ``"semi-supervised"``: the
         same with x the Lasso solution; ``"unsupervised"``: the problem's objective F_y(x̂)
         (Moreau talk, "LISTA – Training").
     epochs, batch_size, lr : int, int, float, optional
@@ -398,6 +399,8 @@ def train(
         Per-epoch training/validation loss and rate, best epoch and loss, rate halvings
         after divergence, the epoch resumed from, and the seconds spent.
     """
+    if loss is None:  # no targets: the problem's objective, if the net has one
+        loss = "unsupervised" if X is None and getattr(net, "problem", None) is not None else "supervised"
     lr, batch_size, epochs, clip, params = resolve(
         net, lr=lr, batch_size=batch_size, epochs=epochs, clip=clip, params=params
     )
