@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ._threads import default_threads
 from ._threads import threads as torch_threads
 from ._validate import as_batch, choice, nonnegative_float, positive_int
-from .defaults import AUTO, resolve
+from .defaults import AUTO, resolve, warmup_stages
 from .nets.base import load_tensors, remove_stale_temps, save_tensors
 from .operators import LearnedOperator, as_operator
 from .problems import Lasso
@@ -358,7 +358,9 @@ def train(
         (Moreau talk, "LISTA – Training").
     epochs, batch_size, lr : int, int, float, optional
         Passes over the data, rows per step, and Adam's initial rate; None takes the net
-        family's default (:mod:`unrolled.defaults`).
+        family's default (:mod:`unrolled.defaults`). A family with a depth curriculum (LPGD,
+        LAPGD, Vanilla) first trains depths 1, …, K − 1 (``defaults.warmup_stages``) when the
+        whole net is trained afresh.
     val : (Y_val, X_val) or Y_val, optional
         Validation data, shapes (N_val, m) and (N_val, n); without it the training loss
         chooses the best epoch.
@@ -401,6 +403,13 @@ def train(
     """
     if loss is None:  # no targets: the problem's objective, if the net has one
         loss = "unsupervised" if X is None and getattr(net, "problem", None) is not None else "supervised"
+    resuming = checkpoint is not None and resume and Path(checkpoint).exists()
+    stages = warmup_stages(
+        net, depth=depth, epochs=epochs, layer_weights=layer_weights, params=params, resuming=resuming
+    )
+    for d, ep in stages:  # the family's depth curriculum (defaults.py)
+        kw = dict(batch_size=batch_size, lr=lr, val=val, clip=clip, schedule=schedule, weight_decay=weight_decay)
+        train(net, Y, X, loss=loss, epochs=ep, depth=d, seed=seed, progress=progress, threads=threads, **kw)
     lr, batch_size, epochs, clip, params = resolve(
         net, lr=lr, batch_size=batch_size, epochs=epochs, clip=clip, params=params
     )
