@@ -91,12 +91,13 @@ def warmup_stages(net, *, depth, epochs, layer_weights, params, resuming: bool) 
     """The depth curriculum ``[(d, epochs_d) for d = 1..K−1]`` that ``ur.train`` runs before training
     the whole net: only for a family with one, when the whole net is trained (``depth`` None, no
     ``layer_weights``, no ``params``) from the start (not when resuming a checkpoint). With an
-    explicit ``epochs`` each stage gets a sixth of them (at least one, at most the recipe's)."""
+    explicit ``epochs`` each stage gets a sixth of them, at most the recipe's (no curriculum for
+    fewer than 6 epochs)."""
     r = recipe_for(net)
     if not r.warmup or depth is not None or layer_weights is not None or params is not None or resuming:
         return []
-    per = r.warmup if epochs is None else min(r.warmup, max(1, epochs // 6))
-    return [(d, per) for d in range(1, net.depth)]
+    per = r.warmup if epochs is None else min(r.warmup, epochs // 6)
+    return [(d, per) for d in range(1, net.depth)] if per else []
 
 
 __all__ = ["Recipe", "FAMILIES", "GENERIC", "AUTO", "recipe_for", "parameter_groups", "resolve", "warmup_stages"]
