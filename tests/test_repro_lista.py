@@ -152,12 +152,37 @@ def test_groups_split_scalars_from_matrices_by_name():
 
 def test_chen_cpss_quick(tmp_path):
     r = reproduce("chen-cpss", quick=True, out=tmp_path)
-    assert (tmp_path / "nmse_vs_layers.png").exists() and (tmp_path / "results.partial.json").exists()
+    assert (tmp_path / "nmse_vs_layers.png").exists() and "partial" not in json.loads(
+        (tmp_path / "results.json").read_text()
+    )
+    assert r["device"] == "cpu"
     noiseless = r["per_setting"]["noiseless"]["nets"]
     assert set(noiseless) == {"LISTA", "LISTA-CP", "LISTA-CPSS", "ALISTA"}
     for label in ("LISTA-CP", "LISTA-CPSS", "ALISTA"):  # trained supervised on fresh samples
         assert r["claims"][f"below_fista.{label}.noiseless"], label
         assert noiseless[label]["train_steps"] > 0
+
+
+def test_chen_cpss_writes_results_after_every_stage(tmp_path, monkeypatch):
+    """A run cut after a few stages leaves a results.json with what was done (none before this change)."""
+    from unrolled.experiments import chen2018
+
+    calls = {"n": 0}
+    real = chen2018.fit_phase
+
+    def cut_after_two_depths(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] > 2 * (1 + len(chen2018.REFINE)):  # two depths: each a new-layer and the refine phases
+            raise TimeoutError("cut")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(chen2018, "fit_phase", cut_after_two_depths)
+    with pytest.raises(TimeoutError):
+        reproduce("chen-cpss", quick=True, out=tmp_path, nets=["LISTA-CP"], device="cpu")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["partial"] and saved["in_training"]["net"] == "LISTA-CP"
+    assert len(saved["in_training"]["val_nmse_db_by_depth"]) == 2
+    assert saved["in_training"]["val_nmse_db_by_depth"][1] < 0
 
 
 @pytest.mark.slow
@@ -166,3 +191,33 @@ def test_chen_cpss_full_claims(tmp_path):
     noiseless = r["per_setting"]["noiseless"]["nets"]
     assert noiseless["LISTA-CPSS"]["nmse_db"][-1] <= -45.0  # Chen et al. 2018 Fig. 3: about −50…−60 dB
     assert all(r["claims"][f"below_fista.{label}.noiseless"] for label in noiseless)
+
+
+# -- moreau-simulated: SLISTA's steps stay in the range the theory gives ----------------------------
+
+
+def test_step_cap_is_the_largest_coordinate_step():
+    """α ≤ 1/min_j g_jᵀd_j: SLISTA (g = d) on columns of unequal norms, ALISTA (its gain W̃)."""
+    import math
+
+    import torch
+
+    from unrolled.experiments.moreau import max_log_step, project_steps
+    from unrolled.nets import ALISTA, LISTA_CP, SLISTA
+
+    g = torch.Generator().manual_seed(0)
+    D = torch.randn(12, 30, generator=g, dtype=torch.float64)
+    D = D / D.norm(dim=0) * torch.linspace(0.5, 2.0, 30, dtype=torch.float64)
+    net = SLISTA(D, 4, 0.1)
+    L = float(torch.linalg.matrix_norm(D, ord=2) ** 2)
+    assert max_log_step(net) == pytest.approx(math.log(L / 0.25))
+    with torch.no_grad():
+        net.a[1].fill_(10.0)
+        net.a[2].fill_(-1.0)
+    project_steps(net)
+    steps = net.steps()
+    assert float(steps[1]) == pytest.approx(1 / 0.25) and float(steps[2]) == pytest.approx(math.exp(-1) / L)
+    al = ALISTA(D, 3, 0.1)
+    Wg = al.layer_matrix(0).double()
+    assert math.exp(max_log_step(al)) * al.s0 == pytest.approx(1 / float((Wg * D).sum(0).min()))
+    assert max_log_step(LISTA_CP(D, 3, 0.1)) is None  # its matrices carry the scale

@@ -151,7 +151,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="epochs"):
         ur.train(net, Y, X, epochs=0, progress=False)
     with pytest.raises(ValueError, match="X is required"):
-        ur.train(net, Y, progress=False)
+        ur.train(net, Y, loss="supervised", progress=False)
     with pytest.raises(ValueError, match="entries per signal|Y"):
         ur.train(net, Y[:, :5], X, progress=False)
     with pytest.raises(ValueError, match="NaN"):

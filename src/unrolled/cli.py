@@ -24,8 +24,8 @@ class Interrupted(Exception):
     """Ctrl-C, with what to do next (exit 130)."""
 
 
-def _load_array(path: str, key: str | None = None, what: str = "array") -> np.ndarray:
-    """A .npy or one array of an .npz; real numbers only."""
+def _load_array(path: str, key: str | None = None, what: str = "array", mmap: bool = False) -> np.ndarray:
+    """A .npy (memory-mapped when ``mmap``) or one array of an .npz; real numbers only."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{what} file not found: {p}")
@@ -40,7 +40,7 @@ def _load_array(path: str, key: str | None = None, what: str = "array") -> np.nd
                 raise UsageError(f"{p} has no array {key!r} (it has {names})")
             arr = z[key]
     elif p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False)
+        arr = np.load(p, allow_pickle=False, mmap_mode="r" if mmap else None)
     else:
         raise UsageError(f"{what} must be a .npy or .npz file, got {p}")
     if np.iscomplexobj(arr):

@@ -31,7 +31,7 @@ from ._threads import default_threads
 from ._threads import threads as torch_threads
 from ._validate import as_batch, choice, nonnegative_float, positive_int
 from .datasets import TensorRows, array_fingerprint, dataset_fingerprint, is_data_source, source
-from .defaults import AUTO, resolve
+from .defaults import AUTO, resolve, warmup_stages
 from .nets.base import load_tensors, remove_stale_temps, save_tensors
 from .operators import LearnedOperator, as_operator
 from .problems import Lasso
@@ -457,7 +457,7 @@ def train(
     Y,
     X=None,
     *,
-    loss: str = "supervised",
+    loss: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -497,15 +497,18 @@ def train(
         ``"semi-supervised"`` when None (in-memory ``Y`` only), unused for ``"unsupervised"``;
         for ``"cross-entropy"`` the integer class labels, shape (N,) (in-memory ``Y`` only).
         None when ``Y`` is a dataset (its items carry x).
-    loss : {"supervised", "semi-supervised", "unsupervised", "cross-entropy"}
-        ``"supervised"``: mean ‖x̂ − x‖² (xie2019 §2; sen2024 eq. 7); ``"semi-supervised"``: the
-        same with x the Lasso solution; ``"unsupervised"``: the problem's objective F_y(x̂)
-        (Moreau talk, "LISTA – Training"); ``"cross-entropy"``: the mean cross-entropy of a
-        :class:`~unrolled.nets.Classifier`'s logits against the labels (sulam2018 §4), with the
-        validation accuracy recorded every epoch.
+    loss : {"supervised", "semi-supervised", "unsupervised", "cross-entropy"}, optional
+        Default: ``"unsupervised"`` when ``X`` is None, ``Y`` is in memory and the net has a
+        problem, else ``"supervised"``. ``"supervised"``: mean ‖x̂ − x‖² (xie2019 §2; sen2024
+        eq. 7); ``"semi-supervised"``: the same with x the Lasso solution; ``"unsupervised"``:
+        the problem's objective F_y(x̂) (Moreau talk, "LISTA – Training"); ``"cross-entropy"``:
+        the mean cross-entropy of a :class:`~unrolled.nets.Classifier`'s logits against the
+        labels (sulam2018 §4), with the validation accuracy recorded every epoch.
     epochs, batch_size, lr : int, int, float, optional
         Passes over the data, rows per step, and Adam's initial rate; None takes the net
-        family's default (:mod:`unrolled.defaults`).
+        family's default (:mod:`unrolled.defaults`). A family with a depth curriculum (LPGD,
+        LAPGD, Vanilla) first trains depths 1, …, K − 1 (``defaults.warmup_stages``) when the
+        whole net is trained afresh.
     val : (Y_val, X_val) or Y_val, optional
         Validation data, shapes (N_val, m) and (N_val, n) (labels (N_val,)), of the kinds ``Y``
         and ``X`` take; without it the training loss chooses the best epoch.
@@ -553,6 +556,16 @@ def train(
         otherwise) and rate, best epoch and loss, rate halvings after divergence, the epoch
         resumed from, and the seconds spent.
     """
+    if loss is None:  # no targets: the problem's objective, if the net has one (a dataset's items carry x)
+        no_targets = X is None and not is_data_source(Y)
+        loss = "unsupervised" if no_targets and getattr(net, "problem", None) is not None else "supervised"
+    resuming = checkpoint is not None and resume and Path(checkpoint).exists()
+    stages = warmup_stages(
+        net, depth=depth, epochs=epochs, layer_weights=layer_weights, params=params, resuming=resuming
+    )
+    for d, ep in stages:  # the family's depth curriculum (defaults.py)
+        kw = dict(batch_size=batch_size, lr=lr, val=val, clip=clip, schedule=schedule, weight_decay=weight_decay)
+        train(net, Y, X, loss=loss, epochs=ep, depth=d, seed=seed, progress=progress, threads=threads, **kw)
     lr, batch_size, epochs, clip, params = resolve(
         net, lr=lr, batch_size=batch_size, epochs=epochs, clip=clip, params=params
     )
