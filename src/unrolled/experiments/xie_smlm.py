@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._validate import positive_int
 from . import experiment, finish
 
 GAMMA = 0.9
@@ -239,5 +240,9 @@ def _summarise(results, recovered, test_frames, test_grid, psf, out, t0) -> dict
 
 
 @experiment("xie-smlm", paper="xie2019", what="§3.3 SMLM super-resolution: LPGD-7, LAPGD-7 vs APGD-7/700, ISBI metrics")
-def run(quick: bool, out: Path, seed: int = 0, device: str | None = None) -> dict:
-    return _run(RECIPES["quick" if quick else "full"], out, seed, _device(device))
+def run(quick: bool, out: Path, seed: int = 0, device: str | None = None, epochs: int | None = None) -> dict:
+    """``epochs``: the nets' training epochs instead of the recipe's (``--epochs``; e.g. more on a GPU)."""
+    recipe = dict(RECIPES["quick" if quick else "full"])
+    if epochs is not None:
+        recipe["epochs"] = positive_int(epochs, "epochs")
+    return _run(recipe, out, seed, _device(device))
