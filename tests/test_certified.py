@@ -190,7 +190,7 @@ def test_the_certificate_detects_shifts_of_another_operator_and_support():
 
     Y, X = signals(900, [4, 11, 17])
     net = ur.nets.LPGD(A, 1)
-    ur.train(net, Y[:600], X[:600], epochs=15, batch_size=100, lr=1e-2, progress=False)
+    ur.train(net, Y[:600], X[:600], epochs=60, batch_size=100, lr=1e-2, progress=False)
     own = np.median(net.certify(Y[600:]).certificate)
     for support in ([0, 9, 20], None):
         shifted = np.median(net.certify(signals(300, support)[0]).certificate)
