@@ -363,8 +363,8 @@ class WorkingSet:
     Rows certified by the relative duality gap leave the batch (as for every method). A row whose
     round cannot go on (singular D_SᵀD_S, no room left in S, ``max_rounds`` spent) stops
     uncertified (``converged`` False). ``positive`` admits only d_j > λ (θ = +1). Needs a dense D
-    and λ > 0. Not the default route: at 64×256 it measured within noise of FISTA with polish on
-    CPU, where a round's batched Cholesky costs many FISTA iterations (``notes/lassofast.md``).
+    and λ > 0. Not the default route: on the CPU a round's batched Cholesky costs many FISTA
+    iterations, and at 64×256 neither route is faster at every thread count (README, Speed).
 
     Parameters
     ----------
