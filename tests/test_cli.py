@@ -146,6 +146,13 @@ def test_reproduce_refuses_an_option_the_experiment_does_not_take(tmp_path, caps
     assert rc == 2 and culprit in err and len(err.strip().splitlines()) == 1
 
 
+def test_reproduce_passes_a_zero_option_on_to_be_checked(tmp_path, capsys):
+    """--epochs 0 is a value, refused by the experiment (it was dropped as unset and the full run started)."""
+    rc = main(["reproduce", "xie-smlm", "--quick", "--epochs", "0", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "epochs" in err and len(err.strip().splitlines()) == 1
+
+
 def test_train_lista_unsupervised_from_config(tmp_path):
     (tmp_path / "lista.toml").write_text("""
 [data]

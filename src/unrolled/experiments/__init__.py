@@ -73,10 +73,15 @@ def finish(out: Path, name: str, results: dict, figures: dict | None = None, *, 
     return results
 
 
+def _unset(value) -> bool:
+    """An option left at its default: None, False (a flag) or an empty ``--data`` (0 is a value)."""
+    return value is None or value is False or value == {}
+
+
 def _accepted(fn, name: str, options: dict) -> dict:
     """The options that were set, refused by name when the experiment does not take them."""
     params = inspect.signature(fn).parameters
-    given = {k: v for k, v in options.items() if v not in (None, False, {})}
+    given = {k: v for k, v in options.items() if not _unset(v)}
     for key in given:
         if key not in params:
             flag = "--" + key.replace("_", "-")
