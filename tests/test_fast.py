@@ -91,3 +91,8 @@ def test_bench_inference_rows_on_the_device_given(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--sets", "inference", "--device", "no-such-device"])
     assert "--device no-such-device" in capsys.readouterr().err
+
+
+def test_fast_refuses_what_is_not_a_network():
+    with pytest.raises(TypeError, match="unrolled network"):
+        ur.fast("lapgd.safetensors")

@@ -353,6 +353,10 @@ def fast(net):
     callable
         ``f(Y)`` → X̂ (batch, n) for Y (batch, m), equal to ``net(Y)`` to rounding.
     """
+    from .nets.base import UnrolledNet
+
+    if not isinstance(net, UnrolledNet):
+        raise TypeError(f"ur.fast takes an unrolled network (unrolled.nets), got {type(net).__name__}")
     reason = None
     if net.op.device.type != "cpu" or net.dtype not in (torch.float32, torch.float64):
         reason = f"the fused path runs float32/float64 on the CPU, not {net.dtype} on {net.op.device}"
