@@ -122,3 +122,14 @@ def test_solve_fast_equals_the_eager_net_and_is_refused_for_a_method(problem, tm
         np.testing.assert_allclose(np.load(out), net(torch.as_tensor(Y)).numpy(), rtol=0, atol=1e-10)
     args = ["solve", "--method", "nnls", "--operator", str(root / "A.npy"), "--input", str(root / "Y.npy")]
     assert main([*args, "--output", str(out), "--fast", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("scheduler", ["bogus", "http//host", ""])
+def test_a_malformed_scheduler_is_refused_before_any_work(problem, tmp_path, capsys, scheduler):
+    """Checked before the first chunk (solved locally, it left a partial store; with a single chunk the
+    address was never used and the run succeeded without Dask)."""
+    out = tmp_path / "X.npy"
+    assert _solve(problem[0], out, "--scheduler", scheduler) == 2
+    err = capsys.readouterr().err
+    assert "scheduler" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,13 +297,29 @@ def write_chunk(targets, start: int, X, converged, n_iter, cert) -> list:
     return [float(np.sum(converged)), float(np.sum(n_iter))]
 
 
+def check_scheduler(scheduler) -> None:
+    """Refuse, before any work, a scheduler that is neither ``"local"`` nor a Dask address, or Dask missing."""
+    if scheduler is None:
+        return
+    address = r"(tcp|tls|inproc|ucx|ws|wss)://\S+|[\w.\-]+:\d+"
+    if not isinstance(scheduler, str) or (scheduler != "local" and not re.fullmatch(address, scheduler)):
+        raise ValueError(f"scheduler {scheduler!r}: expected 'local' or a Dask scheduler address (tcp://host:8786)")
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ValueError("a Dask scheduler needs dask.distributed: pip install 'unrolled[scale]'") from None
+
+
 def _client(scheduler: str):
     from distributed import Client, LocalCluster
 
     if scheduler == "local":
         cluster = LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True, dashboard_address=None)
         return Client(cluster), cluster
-    return Client(scheduler), None
+    try:
+        return Client(scheduler, timeout=30), None
+    except OSError as exc:
+        raise ValueError(f"scheduler {scheduler!r}: cannot connect ({str(exc).splitlines()[0]})") from None
 
 
 def _pending_by_dask(scheduler, todo, solver, source, targets, chunk, sidecar, bar) -> None:
@@ -362,6 +379,7 @@ def solve_store(
     """
     from tqdm.auto import tqdm
 
+    check_scheduler(scheduler)
     rows = source.open()
     n_chunks = -(-len(rows) // chunk)
     run = {**run, "input": rows.identity(), "chunk": chunk}
