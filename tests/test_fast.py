@@ -65,6 +65,7 @@ def test_a_net_without_a_fused_path_falls_back_to_eager_with_one_warning():
 def test_no_compiler_falls_back_to_eager(monkeypatch, tmp_path):
     monkeypatch.setattr(fast_module, "_LIBRARY", [])
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached there
+    monkeypatch.delenv("UNROLLED_CACHE", raising=False)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     net = ur.nets.LAPGD(torch.as_tensor(A), depth=3)
     with pytest.warns(RuntimeWarning, match="using the eager net"):

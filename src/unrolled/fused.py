@@ -17,12 +17,7 @@ line and returns the eager net (under ``torch.no_grad``), so the outputs are the
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._cbuild import build
 from ._validate import as_batch
 from .nets.nnls import LAPGD, LPGD, UPGDM, Vanilla
 
@@ -229,11 +225,6 @@ def program_of(net) -> Program:
 # -- the compiled kernel ----------------------------------------------------------------------------
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "unrolled"
-
-
 def _cpu_key() -> str:
     try:
         flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")][:1]
@@ -247,27 +238,11 @@ _LIBRARY: list = []
 
 
 def kernel_library() -> ctypes.CDLL:
-    """The compiled kernel (built on first use into ~/.cache/unrolled, keyed by source, flags and CPU).
-    Raises OSError when no C compiler works."""
+    """The compiled kernel (:func:`unrolled._cbuild.build`, keyed by source, flags and CPU).
+    Raises OSError when it cannot be built."""
     if _LIBRARY:
         return _LIBRARY[0]
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
-        raise OSError("no C compiler (gcc or cc) found")
-    key = hashlib.sha256((KERNEL + " ".join(FLAGS) + _cpu_key()).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"fast-{key}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "fast.c"
-            src.write_text(KERNEL)
-            built = Path(tmp) / "fast.so"
-            run = subprocess.run([compiler, *FLAGS, str(src), "-o", str(built)], capture_output=True, text=True)
-            if run.returncode != 0:
-                errors = [line for line in run.stderr.splitlines() if "error" in line] or [run.stderr.strip()]
-                raise OSError(f"{compiler} failed: {errors[0]}")
-            os.replace(built, path)  # atomic: a concurrent build writes the same bytes
-    lib = ctypes.CDLL(str(path))
+    lib = build("fast", KERNEL, FLAGS, machine=_cpu_key())
     for name, real in (("chain_float", ctypes.c_float), ("chain_double", ctypes.c_double)):
         fn = getattr(lib, name)
         ptr, iptr = ctypes.POINTER(real), ctypes.POINTER(ctypes.c_int)

@@ -1,55 +1,29 @@
 """The C loop of Lawson–Hanson (``_lh_source.c``), compiled on first use with the system C compiler.
 
-The shared library is cached under ``$UNROLLED_CACHE`` (default ``$XDG_CACHE_HOME/unrolled`` or
-``~/.cache/unrolled``), named by a hash of the source, so a changed source is rebuilt. Without a
-C compiler (or with ``UNROLLED_NO_COMPILE=1``) :func:`library` returns None and the active set
-runs its batched torch steps instead: same answers, slower on small problems.
+Built and cached by :func:`unrolled._cbuild.build`. Without a C compiler (or with
+``UNROLLED_NO_COMPILE=1``) :func:`library` returns None and the active set runs its batched
+torch steps instead: same answers, slower on small problems.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from .._cbuild import build
+
 SOURCE = Path(__file__).with_name("_lh_source.c")
 _state: dict = {}
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(os.environ.get("UNROLLED_CACHE") or os.path.join(base, "unrolled"))
-
-
 def _build() -> ctypes.CDLL | None:
     """Compile (once per source version and machine type) and load the library; None when impossible."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if os.environ.get("UNROLLED_NO_COMPILE") or not compiler or not SOURCE.exists():
-        return None
-    source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + platform.machine().encode() + platform.system().encode()).hexdigest()[:16]
-    target = _cache_dir() / f"lh_gram_{tag}.so"
     try:
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-            cmd = [compiler, "-O3", "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lm"]
-            done = subprocess.run(cmd, capture_output=True, timeout=120)
-            if done.returncode != 0:
-                os.unlink(tmp)
-                return None
-            os.replace(tmp, target)  # atomic: concurrent first uses never load a half-written file
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError):
+        lib = build("lh_gram", SOURCE.read_text(), ["-O3", "-shared", "-fPIC"], libs=("-lm",))
+    except OSError:
         return None
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     lib.lh_gram.argtypes = [i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, i32, ctypes.c_double]
